@@ -1,0 +1,38 @@
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+version = re.search(r'__version__ = "(.+)"', (here / "tflm" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="tflm",
+    version=version,
+    description="Build, train, sample from and export language models with Keras 3.",
+    long_description=(here / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["tflm", "tflm.*"]),
+    package_data={"tflm": ["data/corpora/*.txt", "data/corpora/*.md"]},
+    install_requires=[
+        "tensorflow~=2.21.0",
+        "keras>=3.15",
+        "keras-hub~=0.32.0",
+        "tensorflow-text~=2.21.0",
+        "tensorboard",
+        "pyyaml",
+    ],
+    extras_require={
+        # What the test suite needs beyond the runtime: JAX runs the model tests on the
+        # second backend.
+        "test": ["pytest>=8", "jax[cpu]>=0.4.36"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+
+from tflm.layers import MultiHeadAttention
+from tests.helpers import assert_layer_round_trip, to_numpy
+from tests.layers.test_embedding import numpy_rope
+
+
+def numpy_softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def numpy_attention(layer, x, causal=False, padding_mask=None, rotary=False):
+    """softmax(Q K^T / sqrt(d_k) + mask) V with the layer's own weights."""
+    n, k_heads, h = layer.num_heads, layer.num_kv_heads, layer.head_dim
+    b, t, _ = x.shape
+    qkv = x @ to_numpy(layer.qkv.kernel) + to_numpy(layer.qkv.bias)
+    q = qkv[..., : n * h].reshape(b, t, n, h)
+    k = qkv[..., n * h : (n + k_heads) * h].reshape(b, t, k_heads, h)
+    v = qkv[..., (n + k_heads) * h :].reshape(b, t, k_heads, h)
+    if rotary:
+        q, k = numpy_rope(q), numpy_rope(k)
+    k = np.repeat(k, n // k_heads, axis=2)  # query head i reads kv head i // group
+    v = np.repeat(v, n // k_heads, axis=2)
+    scores = np.einsum("bqnh,bknh->bnqk", q, k) / np.sqrt(h)
+    mask = np.zeros((b, 1, t, t))
+    if causal:
+        mask = mask + np.triu(np.full((t, t), -1e9), k=1)
+    if padding_mask is not None:
+        mask = mask + np.where(padding_mask, 0.0, -1e9)[:, None, None, :]
+    y = np.einsum("bnqk,bknh->bqnh", numpy_softmax(scores + mask), v).reshape(b, t, n * h)
+    return y @ to_numpy(layer.output_projection.kernel) + to_numpy(layer.output_projection.bias)
+
+
+@pytest.mark.parametrize(
+    "num_heads,num_kv_heads,causal,rotary",
+    [(4, None, True, False), (4, None, False, False), (4, 2, True, False), (4, 1, True, True)],
+)
+def test_matches_numpy_reference(num_heads, num_kv_heads, causal, rotary):
+    x = np.random.default_rng(0).normal(size=(2, 7, 16)).astype("float32")
+    layer = MultiHeadAttention(num_heads, num_kv_heads, causal=causal, rotary=rotary)
+    out = to_numpy(layer(x))
+    np.testing.assert_allclose(
+        out, numpy_attention(layer, x, causal=causal, rotary=rotary), atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_padding_mask_matches_numpy_reference(causal):
+    x = np.random.default_rng(1).normal(size=(2, 6, 8)).astype("float32")
+    mask = np.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], bool)
+    layer = MultiHeadAttention(2, causal=causal)
+    out = to_numpy(layer(x, padding_mask=mask))
+    expected = numpy_attention(layer, x, causal=causal, padding_mask=mask)
+    np.testing.assert_allclose(out[mask], expected[mask], atol=1e-5)
+
+
+def test_causal_attention_never_looks_ahead():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(1, 8, 16)).astype("float32")
+    changed = x.copy()
+    changed[:, 5:] = rng.normal(size=(1, 3, 16))
+    layer = MultiHeadAttention(4, causal=True)
+    np.testing.assert_allclose(to_numpy(layer(x))[:, :5], to_numpy(layer(changed))[:, :5], atol=1e-6)
+    assert not np.allclose(to_numpy(layer(x))[:, 5:], to_numpy(layer(changed))[:, 5:])
+
+
+@pytest.mark.parametrize("num_kv_heads,rotary", [(None, False), (2, True)])
+def test_cached_decoding_matches_full_sequence(num_kv_heads, rotary):
+    x = np.random.default_rng(3).normal(size=(2, 9, 16)).astype("float32")
+    layer = MultiHeadAttention(4, num_kv_heads, causal=True, rotary=rotary)
+    full = to_numpy(layer(x))
+    cache = layer.init_cache(batch_size=2, max_length=12)
+    prefill, cache = layer(x[:, :4], cache=cache, cache_index=0)  # prompt in one call
+    steps = [to_numpy(prefill)]
+    for i in range(4, 9):  # then one token at a time
+        y, cache = layer(x[:, i : i + 1], cache=cache, cache_index=i)
+        steps.append(to_numpy(y))
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+    assert cache.shape == (2, 2, 12, num_kv_heads or 4, 4)
+
+
+def test_bad_head_counts_are_errors():
+    with pytest.raises(ValueError, match="num_heads=3 must divide the hidden width 16"):
+        MultiHeadAttention(3)(np.zeros((1, 2, 16), "float32"))
+    with pytest.raises(ValueError, match="num_kv_heads=3 must divide num_heads=4"):
+        MultiHeadAttention(4, num_kv_heads=3)
+
+
+def test_cache_needs_causal_attention():
+    layer = MultiHeadAttention(2, causal=False)
+    layer(np.zeros((1, 2, 8), "float32"))
+    with pytest.raises(ValueError, match="cache needs causal"):
+        layer(np.zeros((1, 2, 8), "float32"), cache=layer.init_cache(1, 4), cache_index=0)
+
+
+def test_serialization_round_trip():
+    x = np.random.default_rng(4).normal(size=(2, 5, 8)).astype("float32")
+    assert_layer_round_trip(MultiHeadAttention(2, 1, causal=True, rotary=True, dropout=0.1), x)

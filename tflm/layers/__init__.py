@@ -1,0 +1,25 @@
+"""Reusable layers, written with `keras.ops` only (they run on any Keras backend)."""
+
+from tflm.layers.attention import MultiHeadAttention
+from tflm.layers.blocks import LSTMBlock, TransformerBlock
+from tflm.layers.embedding import (
+    PositionEmbedding,
+    RotaryEmbedding,
+    SinusoidalPositionalEncoding,
+    TokenAndPositionEmbedding,
+    TokenEmbedding,
+)
+from tflm.layers.feedforward import FeedForward, normalization
+
+__all__ = [
+    "FeedForward",
+    "LSTMBlock",
+    "MultiHeadAttention",
+    "PositionEmbedding",
+    "RotaryEmbedding",
+    "SinusoidalPositionalEncoding",
+    "TokenAndPositionEmbedding",
+    "TokenEmbedding",
+    "TransformerBlock",
+    "normalization",
+]

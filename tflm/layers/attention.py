@@ -1,0 +1,165 @@
+"""Multi-head attention with a fused QKV projection, grouped-query heads and a KV cache."""
+
+import keras
+from keras import ops
+
+from tflm.layers.embedding import RotaryEmbedding
+
+
+@keras.saving.register_keras_serializable(package="tflm")
+class MultiHeadAttention(keras.layers.Layer):
+    """Self-attention `softmax(Q K^T / sqrt(d_k) + mask) V` over `num_heads` heads.
+
+    Runs on `keras.ops.dot_product_attention`, which reaches cuDNN flash attention on a
+    GPU under JAX. Queries, keys and values come from one fused projection; with
+    `num_kv_heads < num_heads`, groups of query heads share a key/value head
+    (grouped-query attention; `num_kv_heads=1` is multi-query attention).
+
+    Args:
+        num_heads: number of query heads; must divide the input width.
+        num_kv_heads: number of key/value heads (default `num_heads`); must divide `num_heads`.
+        causal: each position attends only to itself and earlier positions.
+        rotary: rotate queries and keys by their positions (RoPE).
+        rope_max_wavelength: the RoPE base.
+        dropout: dropout on the attention output. Fused attention kernels have no
+            dropout on the attention probabilities, so none is applied there.
+        use_bias: biases on the projections.
+
+    `call(x, padding_mask=None, cache=None, cache_index=None)`:
+        x: (B, T, C). padding_mask: (B, T) or (B, S), true/1 at real tokens.
+        cache: (B, 2, S, num_kv_heads, head_dim) keys and values of a decode of total
+            length S; the keys and values of `x` are written at `cache_index` and the
+            call returns `(output, updated_cache)`. Without a cache it returns `output`.
+        One forward path serves training, prefill and step-by-step decoding.
+
+    Example:
+    >>> attention = MultiHeadAttention(num_heads=4, causal=True)
+    >>> y = attention(np.zeros((2, 8, 32)))                              # (2, 8, 32)
+    >>> cache = attention.init_cache(batch_size=2, max_length=16)
+    >>> y, cache = attention(np.zeros((2, 8, 32)), cache=cache, cache_index=0)
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        num_kv_heads=None,
+        causal=False,
+        rotary=False,
+        rope_max_wavelength=10000.0,
+        dropout=0.0,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if num_heads % num_kv_heads:
+            raise ValueError(
+                f"num_kv_heads={num_kv_heads} must divide num_heads={num_heads}."
+            )
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.causal = causal
+        self.rotary = rotary
+        self.rope_max_wavelength = rope_max_wavelength
+        self.dropout = dropout
+        self.use_bias = use_bias
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+        self.rotary_embedding = (
+            RotaryEmbedding(rope_max_wavelength, dtype=self.dtype_policy) if rotary else None
+        )
+        self.output_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        hidden_dim = input_shape[-1]
+        if hidden_dim % self.num_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} must divide the hidden width {hidden_dim}."
+            )
+        self.head_dim = hidden_dim // self.num_heads
+        dense = dict(
+            use_bias=self.use_bias,
+            kernel_initializer=self.kernel_initializer,
+            dtype=self.dtype_policy,
+        )
+        self.qkv = keras.layers.Dense(
+            (self.num_heads + 2 * self.num_kv_heads) * self.head_dim, name="qkv", **dense
+        )
+        self.qkv.build(input_shape)
+        self.output_projection = keras.layers.Dense(hidden_dim, name="output", **dense)
+        self.output_projection.build((*input_shape[:-1], self.num_heads * self.head_dim))
+
+    def init_cache(self, batch_size, max_length, dtype=None):
+        """Zeros for a decode of `max_length` positions: (B, 2, S, num_kv_heads, head_dim)."""
+        shape = (batch_size, 2, max_length, self.num_kv_heads, self.head_dim)
+        return ops.zeros(shape, dtype=dtype or self.compute_dtype)
+
+    def call(self, x, padding_mask=None, cache=None, cache_index=None, training=None):
+        batch, length = ops.shape(x)[0], ops.shape(x)[1]
+        start = 0 if cache_index is None else cache_index
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+
+        qkv = self.qkv(x)  # (B, T, (N + 2K) * H)
+        q = ops.reshape(qkv[..., :q_size], (batch, length, self.num_heads, self.head_dim))
+        k = ops.reshape(
+            qkv[..., q_size : q_size + kv_size],
+            (batch, length, self.num_kv_heads, self.head_dim),
+        )
+        v = ops.reshape(
+            qkv[..., q_size + kv_size :], (batch, length, self.num_kv_heads, self.head_dim)
+        )
+        if self.rotary:
+            q = self.rotary_embedding(q, start_index=start)
+            k = self.rotary_embedding(k, start_index=start)
+
+        if cache is not None:
+            if not self.causal:
+                raise ValueError("A key/value cache needs causal attention.")
+            k = ops.slice_update(cache[:, 0], (0, start, 0, 0), ops.cast(k, cache.dtype))
+            v = ops.slice_update(cache[:, 1], (0, start, 0, 0), ops.cast(v, cache.dtype))
+            cache = ops.stack([k, v], axis=1)
+
+        mask = self._attention_mask(length, ops.shape(k)[1], start, padding_mask, cache)
+        if self.num_kv_heads == 1 < self.num_heads:
+            # keras.ops.dot_product_attention on TensorFlow mishandles a single kv head.
+            k = ops.repeat(k, self.num_heads, axis=2)
+            v = ops.repeat(v, self.num_heads, axis=2)
+        y = ops.dot_product_attention(
+            q,
+            ops.cast(k, q.dtype),
+            ops.cast(v, q.dtype),
+            mask=mask,
+            is_causal=self.causal and mask is None,
+        )  # (B, T, N, H)
+        y = ops.reshape(y, (batch, length, self.num_heads * self.head_dim))
+        y = self.output_dropout(self.output_projection(y), training=training)
+        return y if cache is None else (y, cache)
+
+    def _attention_mask(self, query_length, key_length, start, padding_mask, cache):
+        """A (B or 1, 1, T, S) boolean mask, or None when `is_causal` alone will do."""
+        mask = None
+        if self.causal and (cache is not None or padding_mask is not None):
+            query_positions = start + ops.arange(query_length)
+            key_positions = ops.arange(key_length)
+            mask = (key_positions[None, :] <= query_positions[:, None])[None, None]  # (1, 1, T, S)
+        if padding_mask is not None:
+            padding = ops.cast(padding_mask, "bool")[:, None, None, :]  # (B, 1, 1, S)
+            mask = padding if mask is None else ops.logical_and(mask, padding)
+        return mask
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "num_kv_heads": self.num_kv_heads,
+            "causal": self.causal,
+            "rotary": self.rotary,
+            "rope_max_wavelength": self.rope_max_wavelength,
+            "dropout": self.dropout,
+            "use_bias": self.use_bias,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+        }

@@ -1,0 +1,8 @@
+"""Models: `GPT` (decoder), `Encoder` (BERT-like) and the task models around an encoder."""
+
+from tflm.models.encoder import Encoder
+from tflm.models.gpt import GPT
+from tflm.models.presets import ENCODER_PRESETS, GPT_PRESETS
+from tflm.models.tasks import Classifier, MaskedLM
+
+__all__ = ["Classifier", "ENCODER_PRESETS", "Encoder", "GPT", "GPT_PRESETS", "MaskedLM"]

@@ -1,0 +1,198 @@
+"""GPT: a decoder-only language model of transformer or LSTM blocks."""
+
+import keras
+from keras import ops
+
+from tflm.layers import LSTMBlock, TokenAndPositionEmbedding, TransformerBlock, normalization
+from tflm.models.presets import GPT_PRESETS, resolve_preset
+
+BLOCKS = ("transformer", "lstm")
+
+
+@keras.saving.register_keras_serializable(package="tflm")
+class GPT(keras.Model):
+    """Token ids (B, T) -> next-token logits (B, T, vocab_size), in float32.
+
+    `block="transformer"` stacks causal pre-norm `TransformerBlock`s (GPT-2, LLaMA-style
+    with `position="rotary"`, `activation="swiglu"`, `norm="rmsnorm"`); `block="lstm"`
+    stacks `LSTMBlock`s, which with `position="sinusoidal"` and `tie_embeddings=False`
+    is the classic embedding + positional encoding + LSTM + dense head model.
+
+    The loss is not part of the model: compile with
+    `keras.losses.SparseCategoricalCrossentropy(from_logits=True)`.
+
+    Incremental decoding uses the same `call`: pass `cache=model.init_cache(B, S)` and
+    `cache_index` (the position of the first token of `token_ids`), and the call
+    returns `(logits, cache)`.
+
+    Example:
+    >>> model = GPT.from_preset("shakespeare-char")
+    >>> logits = model(np.zeros((2, 16), "int32"))                 # (2, 16, 65)
+    >>> cache = model.init_cache(batch_size=2, max_length=32)
+    >>> logits, cache = model(np.zeros((2, 16), "int32"), cache=cache, cache_index=0)
+    """
+
+    def __init__(
+        self,
+        vocab_size,
+        num_layers,
+        num_heads,
+        hidden_dim,
+        intermediate_dim,
+        max_sequence_length,
+        block="transformer",
+        position="learned",
+        num_kv_heads=None,
+        activation="gelu",
+        norm="layernorm",
+        norm_position="pre",
+        layer_norm_epsilon=1e-5,
+        dropout=0.0,
+        tie_embeddings=True,
+        use_bias=True,
+        rope_max_wavelength=10000.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if block not in BLOCKS:
+            raise ValueError(f"Unknown block {block!r}; expected one of {BLOCKS}.")
+        if block == "transformer" and hidden_dim % num_heads:
+            raise ValueError(
+                f"num_heads={num_heads} must divide hidden_dim={hidden_dim}."
+            )
+        if block == "lstm" and position == "rotary":
+            raise ValueError("Rotary positions act inside attention; an LSTM GPT has none.")
+        self.vocab_size = vocab_size
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.hidden_dim = hidden_dim
+        self.intermediate_dim = intermediate_dim
+        self.max_sequence_length = max_sequence_length
+        self.block = block
+        self.position = position
+        self.num_kv_heads = num_kv_heads
+        self.activation = activation
+        self.norm = norm
+        self.norm_position = norm_position
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.dropout = dropout
+        self.tie_embeddings = tie_embeddings
+        self.use_bias = use_bias
+        self.rope_max_wavelength = rope_max_wavelength
+
+        # GPT-2's initialization: normal(0, 0.02) for every matrix.
+        initializer = keras.initializers.RandomNormal(stddev=0.02)
+        self.embedding = TokenAndPositionEmbedding(
+            vocab_size,
+            max_sequence_length,
+            hidden_dim,
+            position=position,
+            tie_weights=tie_embeddings,
+            embeddings_initializer=initializer,
+            dtype=self.dtype_policy,
+            name="embedding",
+        )
+        self.embedding_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+        if block == "transformer":
+            self.blocks = [
+                TransformerBlock(
+                    num_heads,
+                    intermediate_dim,
+                    num_kv_heads=num_kv_heads,
+                    causal=True,
+                    rotary=position == "rotary",
+                    rope_max_wavelength=rope_max_wavelength,
+                    activation=activation,
+                    norm=norm,
+                    norm_position=norm_position,
+                    layer_norm_epsilon=layer_norm_epsilon,
+                    dropout=dropout,
+                    use_bias=use_bias,
+                    kernel_initializer=initializer,
+                    dtype=self.dtype_policy,
+                    name=f"block_{i}",
+                )
+                for i in range(num_layers)
+            ]
+        else:
+            self.blocks = [
+                LSTMBlock(
+                    norm=norm,
+                    layer_norm_epsilon=layer_norm_epsilon,
+                    dropout=dropout,
+                    dtype=self.dtype_policy,
+                    name=f"block_{i}",
+                )
+                for i in range(num_layers)
+            ]
+        self.final_norm = normalization(norm, layer_norm_epsilon, self.dtype_policy, "final_norm")
+
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        """A GPT built from the named preset (fresh weights), with `overrides` applied."""
+        return cls(**resolve_preset(GPT_PRESETS, name, overrides))
+
+    def build(self, input_shape):
+        hidden_shape = (*input_shape, self.hidden_dim)
+        self.embedding.build(input_shape)
+        for block in self.blocks:
+            block.build(hidden_shape)
+        self.final_norm.build(hidden_shape)
+        self.built = True
+
+    def init_cache(self, batch_size, max_length):
+        """Per-block decoding state for `max_length` positions: a list, one entry a block."""
+        if max_length > self.max_sequence_length:
+            raise ValueError(
+                f"A decode of {max_length} positions exceeds the model's context of "
+                f"{self.max_sequence_length} tokens."
+            )
+        if not self.built:
+            self.build((batch_size, max_length))
+        return [block.init_cache(batch_size, max_length) for block in self.blocks]
+
+    def call(self, token_ids, cache=None, cache_index=None, training=None):
+        length = token_ids.shape[1]
+        if length is not None and length > self.max_sequence_length:
+            raise ValueError(
+                f"The input has {length} tokens but the model's context is "
+                f"{self.max_sequence_length} (max_sequence_length)."
+            )
+        start = 0 if cache_index is None else cache_index
+        x = self.embedding(token_ids, start_index=start)  # (B, T, C)
+        x = self.embedding_dropout(x, training=training)
+        new_cache = []
+        for i, block in enumerate(self.blocks):
+            if cache is None:
+                x = block(x, training=training)
+            else:
+                x, block_cache = block(x, cache=cache[i], cache_index=start, training=training)
+                new_cache.append(block_cache)
+        x = self.final_norm(x)
+        logits = ops.cast(self.embedding.token_embedding(x, reverse=True), "float32")
+        return logits if cache is None else (logits, new_cache)  # (B, T, vocab_size)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape, self.vocab_size)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "vocab_size": self.vocab_size,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "hidden_dim": self.hidden_dim,
+            "intermediate_dim": self.intermediate_dim,
+            "max_sequence_length": self.max_sequence_length,
+            "block": self.block,
+            "position": self.position,
+            "num_kv_heads": self.num_kv_heads,
+            "activation": self.activation,
+            "norm": self.norm,
+            "norm_position": self.norm_position,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "dropout": self.dropout,
+            "tie_embeddings": self.tie_embeddings,
+            "use_bias": self.use_bias,
+            "rope_max_wavelength": self.rope_max_wavelength,
+        }

@@ -1,0 +1,123 @@
+"""Model presets: complete configurations, as data. Every value a model depends on is here.
+
+A preset is a configuration, not trained weights: `GPT.from_preset(name)` builds the
+architecture with fresh weights. Pretrained weights come from `tflm.convert`.
+"""
+
+GPT_PRESETS = {
+    # Character-level Shakespeare, small enough to train on a laptop CPU in minutes.
+    "shakespeare-char": dict(
+        vocab_size=65,
+        num_layers=4,
+        num_heads=4,
+        hidden_dim=256,
+        intermediate_dim=768,
+        max_sequence_length=256,
+        block="transformer",
+        position="rotary",
+        num_kv_heads=None,
+        activation="swiglu",
+        norm="rmsnorm",
+        norm_position="pre",
+        layer_norm_epsilon=1e-5,
+        dropout=0.0,
+        tie_embeddings=True,
+        use_bias=False,
+        rope_max_wavelength=10000.0,
+    ),
+    # The design of the original char-level models: embedding + sinusoidal positions +
+    # stacked LSTMs + an output head of its own.
+    "shakespeare-char-lstm": dict(
+        vocab_size=65,
+        num_layers=2,
+        num_heads=1,
+        hidden_dim=256,
+        intermediate_dim=1024,
+        max_sequence_length=256,
+        block="lstm",
+        position="sinusoidal",
+        num_kv_heads=None,
+        activation="gelu",
+        norm="layernorm",
+        norm_position="pre",
+        layer_norm_epsilon=1e-5,
+        dropout=0.0,
+        tie_embeddings=False,
+        use_bias=True,
+        rope_max_wavelength=10000.0,
+    ),
+    # GPT-2 small (124M parameters), the shapes of OpenAI's release.
+    "gpt2-124m": dict(
+        vocab_size=50257,
+        num_layers=12,
+        num_heads=12,
+        hidden_dim=768,
+        intermediate_dim=3072,
+        max_sequence_length=1024,
+        block="transformer",
+        position="learned",
+        num_kv_heads=None,
+        activation="gelu_tanh",
+        norm="layernorm",
+        norm_position="pre",
+        layer_norm_epsilon=1e-5,
+        dropout=0.0,
+        tie_embeddings=True,
+        use_bias=True,
+        rope_max_wavelength=10000.0,
+    ),
+}
+
+ENCODER_PRESETS = {
+    # A BERT-shaped encoder small enough to train from scratch on a CPU.
+    "bert-tiny": dict(
+        vocab_size=30522,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=128,
+        intermediate_dim=512,
+        max_sequence_length=512,
+        num_segments=2,
+        position="learned",
+        activation="gelu",
+        norm="layernorm",
+        norm_position="post",
+        layer_norm_epsilon=1e-12,
+        dropout=0.1,
+        use_bias=True,
+    ),
+    # BERT base (110M parameters).
+    "bert-base": dict(
+        vocab_size=30522,
+        num_layers=12,
+        num_heads=12,
+        hidden_dim=768,
+        intermediate_dim=3072,
+        max_sequence_length=512,
+        num_segments=2,
+        position="learned",
+        activation="gelu",
+        norm="layernorm",
+        norm_position="post",
+        layer_norm_epsilon=1e-12,
+        dropout=0.1,
+        use_bias=True,
+    ),
+}
+
+
+# Keras layer arguments that a preset leaves to the caller.
+LAYER_ARGUMENTS = {"dtype", "name", "trainable"}
+
+
+def resolve_preset(presets, name, overrides):
+    """The preset's configuration with `overrides` applied; unknown names are errors."""
+    if name not in presets:
+        raise ValueError(f"Unknown preset {name!r}; available presets: {sorted(presets)}.")
+    unknown = set(overrides) - set(presets[name]) - LAYER_ARGUMENTS
+    if unknown:
+        raise ValueError(
+            f"Unknown override(s) {sorted(unknown)} for preset {name!r}; "
+            f"its keys are {sorted(presets[name])}."
+        )
+    return {**presets[name], **overrides}
