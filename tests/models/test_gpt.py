@@ -84,7 +84,9 @@ def test_gpt2_124m_preset_has_gpt2_parameter_count():
 
 
 def test_preset_overrides_and_summary(capsys):
-    model = GPT.from_preset("shakespeare-char", num_layers=1, hidden_dim=32, intermediate_dim=64)
+    model = GPT.from_preset(
+        "shakespeare-char", num_layers=1, hidden_dim=32, intermediate_dim=64, tokenizer=None
+    )
     assert model.num_layers == 1 and model.vocab_size == 65
     model.build((None, 16))
     model.summary()
@@ -92,7 +94,7 @@ def test_preset_overrides_and_summary(capsys):
 
 
 def test_lstm_preset_is_embedding_positions_lstm_and_dense_head():
-    model = GPT.from_preset("shakespeare-char-lstm")
+    model = GPT.from_preset("shakespeare-char-lstm", tokenizer=None)
     assert model.block == "lstm" and model.position == "sinusoidal"
     assert not model.tie_embeddings
 

@@ -4,6 +4,11 @@ import keras
 from keras import ops
 
 from tflm.layers import LSTMBlock, TokenAndPositionEmbedding, TransformerBlock, normalization
+from tflm.models.attached_tokenizer import (
+    check_tokenizer,
+    deserialize_tokenizer,
+    serialize_tokenizer,
+)
 from tflm.models.presets import GPT_PRESETS, resolve_preset
 
 BLOCKS = ("transformer", "lstm")
@@ -26,6 +31,9 @@ class GPT(keras.Model):
     returns `(logits, cache)`.
 
     Example:
+    A `tokenizer` (a `tflm.tokenizers` layer) can travel with the model: it is saved in
+    the `.keras` archive and used by generation and export.
+
     >>> model = GPT.from_preset("shakespeare-char")
     >>> logits = model(np.zeros((2, 16), "int32"))                 # (2, 16, 65)
     >>> cache = model.init_cache(batch_size=2, max_length=32)
@@ -51,6 +59,7 @@ class GPT(keras.Model):
         tie_embeddings=True,
         use_bias=True,
         rope_max_wavelength=10000.0,
+        tokenizer=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -79,6 +88,8 @@ class GPT(keras.Model):
         self.tie_embeddings = tie_embeddings
         self.use_bias = use_bias
         self.rope_max_wavelength = rope_max_wavelength
+        self.tokenizer = deserialize_tokenizer(tokenizer)
+        check_tokenizer(self.tokenizer, vocab_size)
 
         # GPT-2's initialization: normal(0, 0.02) for every matrix.
         initializer = keras.initializers.RandomNormal(stddev=0.02)
@@ -131,6 +142,7 @@ class GPT(keras.Model):
     def from_preset(cls, name, **overrides):
         """A GPT built from the named preset (fresh weights), with `overrides` applied."""
         return cls(**resolve_preset(GPT_PRESETS, name, overrides))
+
 
     def build(self, input_shape):
         hidden_shape = (*input_shape, self.hidden_dim)
@@ -195,4 +207,6 @@ class GPT(keras.Model):
             "tie_embeddings": self.tie_embeddings,
             "use_bias": self.use_bias,
             "rope_max_wavelength": self.rope_max_wavelength,
+            "tokenizer": serialize_tokenizer(self.tokenizer),
         }
+

@@ -4,6 +4,23 @@ A preset is a configuration, not trained weights: `GPT.from_preset(name)` builds
 architecture with fresh weights. Pretrained weights come from `tflm.convert`.
 """
 
+# Tokenizers are given as Keras serialization configs (data); they are built when a
+# preset is used, which imports TensorFlow (pass tokenizer=None to avoid it).
+SHAKESPEARE_CHAR_TOKENIZER = {
+    "module": "tflm.tokenizers.table",
+    "class_name": "CharTokenizer",
+    "registered_name": "tflm>CharTokenizer",
+    "config": {
+        # the 65 characters of tiny Shakespeare, sorted, as nanoGPT's shakespeare_char
+        "vocabulary": "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+        "bos_token": None,
+        "eos_token": None,
+        "pad_token": None,
+        "mask_token": None,
+        "unk_token": None,
+    },
+}
+
 GPT_PRESETS = {
     # Character-level Shakespeare, small enough to train on a laptop CPU in minutes.
     "shakespeare-char": dict(
@@ -24,6 +41,7 @@ GPT_PRESETS = {
         tie_embeddings=True,
         use_bias=False,
         rope_max_wavelength=10000.0,
+        tokenizer=SHAKESPEARE_CHAR_TOKENIZER,
     ),
     # The design of the original char-level models: embedding + sinusoidal positions +
     # stacked LSTMs + an output head of its own.
@@ -45,6 +63,7 @@ GPT_PRESETS = {
         tie_embeddings=False,
         use_bias=True,
         rope_max_wavelength=10000.0,
+        tokenizer=SHAKESPEARE_CHAR_TOKENIZER,
     ),
     # GPT-2 small (124M parameters), the shapes of OpenAI's release.
     "gpt2-124m": dict(
@@ -65,6 +84,9 @@ GPT_PRESETS = {
         tie_embeddings=True,
         use_bias=True,
         rope_max_wavelength=10000.0,
+        # GPT-2's BPE files are not shipped: load them with
+        # tflm.tokenizers.BPETokenizer("vocab.json", "merges.txt") or tflm.convert.
+        tokenizer=None,
     ),
 }
 

@@ -4,22 +4,33 @@ import keras
 from keras import ops
 
 from tflm.layers import normalization
+from tflm.models.attached_tokenizer import (
+    check_tokenizer,
+    deserialize_tokenizer,
+    serialize_tokenizer,
+)
 from tflm.models.encoder import Encoder, unpack_encoder_inputs
 
 POOLINGS = ("cls", "mean")
 
 
 class _EncoderTask(keras.Model):
-    """Shared by the task models: holds an encoder and serializes it with the task."""
+    """Shared by the task models: an encoder and an optional tokenizer, saved with the task."""
 
-    def __init__(self, encoder, **kwargs):
+    def __init__(self, encoder, tokenizer=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(encoder, Encoder):
             raise TypeError(f"Expected a tflm.models.Encoder; got {type(encoder).__name__}.")
         self.encoder = encoder
+        self.tokenizer = deserialize_tokenizer(tokenizer)
+        check_tokenizer(self.tokenizer, encoder.vocab_size)
 
     def get_config(self):
-        return {**super().get_config(), "encoder": keras.saving.serialize_keras_object(self.encoder)}
+        return {
+            **super().get_config(),
+            "encoder": keras.saving.serialize_keras_object(self.encoder),
+            "tokenizer": serialize_tokenizer(self.tokenizer),
+        }
 
     @classmethod
     def from_config(cls, config):
@@ -36,8 +47,8 @@ class MaskedLM(_EncoderTask):
     in float32. The output projection is tied to the encoder's token embedding.
     """
 
-    def __init__(self, encoder, **kwargs):
-        super().__init__(encoder, **kwargs)
+    def __init__(self, encoder, tokenizer=None, **kwargs):
+        super().__init__(encoder, tokenizer, **kwargs)
         self.transform = keras.layers.Dense(
             encoder.hidden_dim, dtype=self.dtype_policy, name="transform"
         )
@@ -78,8 +89,17 @@ class Classifier(_EncoderTask):
     >>> logits = classifier({"token_ids": ids, "padding_mask": ids != 0})      # (B, 2)
     """
 
-    def __init__(self, encoder, num_classes, pooling="cls", dropout=0.1, label_names=None, **kwargs):
-        super().__init__(encoder, **kwargs)
+    def __init__(
+        self,
+        encoder,
+        num_classes,
+        pooling="cls",
+        dropout=0.1,
+        label_names=None,
+        tokenizer=None,
+        **kwargs,
+    ):
+        super().__init__(encoder, tokenizer, **kwargs)
         if pooling not in POOLINGS:
             raise ValueError(f"Unknown pooling {pooling!r}; expected one of {POOLINGS}.")
         if label_names is not None and len(label_names) != num_classes:

@@ -1,0 +1,101 @@
+"""Labelled text (CSV, TSV, JSONL) -> padded batches for a `Classifier`."""
+
+import csv
+import json
+import os
+
+import tensorflow as tf
+
+from tflm.data.sources import resolve_files
+
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
+
+
+def read_labelled(path, text_column, label_column):
+    """`(texts, labels)` from a CSV/TSV (with a header row) or JSON-lines file."""
+    [path] = resolve_files(path)
+    kind = FORMATS.get(os.path.splitext(path)[1].lower())
+    if kind is None:
+        raise ValueError(f"{path}: unknown format; expected one of {sorted(FORMATS)}.")
+    with open(path, encoding="utf-8", newline="") as f:
+        if kind == "jsonl":
+            rows = [json.loads(line) for line in f if line.strip()]
+            columns = set().union(*(row.keys() for row in rows)) if rows else set()
+        else:
+            reader = csv.DictReader(
+                f, delimiter="\t" if kind == "tsv" else ",",
+                quoting=csv.QUOTE_NONE if kind == "tsv" else csv.QUOTE_MINIMAL,
+            )
+            rows = list(reader)
+            columns = set(reader.fieldnames or ())
+    for column in (text_column, label_column):
+        if column not in columns:
+            raise ValueError(f"{path}: no column {column!r}; the columns are {sorted(columns)}.")
+    if not rows:
+        raise ValueError(f"{path}: no rows.")
+    return [str(row[text_column]) for row in rows], [str(row[label_column]) for row in rows]
+
+
+def encode_labels(labels, label_names=None, path="the data"):
+    """Label strings -> class indices, and the label names (sorted when not given)."""
+    if label_names is None:
+        values = sorted(set(labels))
+        # numeric labels sort as numbers ("2" before "10")
+        if all(v.lstrip("-").isdigit() for v in values):
+            values = sorted(values, key=int)
+        label_names = values
+    label_names = [str(name) for name in label_names]
+    index = {name: i for i, name in enumerate(label_names)}
+    for row, label in enumerate(labels):
+        if label not in index:
+            raise ValueError(
+                f"{path}, row {row + 1}: unknown label {label!r}; the labels are {label_names}."
+            )
+    return [index[label] for label in labels], label_names
+
+
+def classification_dataset(
+    path,
+    tokenizer,
+    text_column="text",
+    label_column="label",
+    label_names=None,
+    seq_len=128,
+    batch_size=32,
+    shuffle=True,
+    seed=0,
+    shuffle_buffer=100_000,
+):
+    """Batches `({"token_ids", "padding_mask"}, label)` from a CSV, TSV or JSONL file.
+
+    Texts are tokenized, wrapped in the tokenizer's bos/eos when it has them ([CLS] ...
+    [SEP] for WordPiece), cut to `seq_len` and padded per batch to the batch's longest
+    text (dynamic padding). The dataset's `label_names` attribute lists the class names,
+    index by index, as `keras.utils.text_dataset_from_directory` does.
+    """
+    texts, labels = read_labelled(path, text_column, label_column)
+    label_ids, label_names = encode_labels(labels, label_names, path)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    body = seq_len - (bos is not None) - (eos is not None)
+    if body < 1:
+        raise ValueError(f"seq_len={seq_len} leaves no room for text.")
+
+    def encode(text, label):
+        ids = tf.cast(tokenizer.tokenize(text), tf.int32)[:body]
+        if bos is not None:
+            ids = tf.concat([[bos], ids], 0)
+        if eos is not None:
+            ids = tf.concat([ids, [eos]], 0)
+        return {"token_ids": ids, "padding_mask": tf.ones_like(ids, tf.bool)}, label
+
+    ds = tf.data.Dataset.from_tensor_slices((texts, tf.constant(label_ids, tf.int32)))
+    if shuffle:
+        ds = ds.shuffle(min(shuffle_buffer, len(texts)), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(encode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.padded_batch(
+        batch_size,
+        padding_values=({"token_ids": pad, "padding_mask": False}, 0),
+    ).prefetch(tf.data.AUTOTUNE)
+    ds.label_names = label_names
+    return ds
