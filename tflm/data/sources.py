@@ -9,6 +9,7 @@ import tensorflow as tf
 
 ERRORS = ("strict", "replace")
 _CHUNK = 1 << 20
+_PIECES_PER_CALL = 256  # lines (or documents) tokenized per tokenizer call
 
 
 def resolve_files(pattern):
@@ -94,13 +95,20 @@ def token_stream(source, tokenizer, errors="strict"):
     """
     eos = tokenizer.eos_token_id
 
-    def tokenize(text, document_end):
-        ids = tf.cast(tokenizer.tokenize(text), tf.int32)
-        if eos is not None:
-            ids = tf.cond(document_end, lambda: tf.concat([ids, [eos]], 0), lambda: ids)
-        return ids
+    def tokenize(texts, document_ends):
+        ids = tokenizer.tokenize(texts)  # (n, None): one call for many pieces is much faster
+        if not isinstance(ids, tf.RaggedTensor):
+            ids = tf.RaggedTensor.from_tensor(ids)
+        ids = tf.cast(ids, tf.int32)
+        if eos is not None:  # an EOS after each piece that ends a document
+            ends = tf.cast(document_ends, tf.int64)
+            separators = tf.RaggedTensor.from_row_lengths(
+                tf.fill([tf.reduce_sum(ends)], tf.constant(eos, tf.int32)), ends
+            )
+            ids = tf.concat([ids, separators], axis=1)
+        return ids.flat_values
 
-    pieces = text_pieces(source, errors)
+    pieces = text_pieces(source, errors).batch(_PIECES_PER_CALL)
     tokens = pieces.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if eos is not None:
         tokens = tf.data.Dataset.from_tensors(tf.constant([eos], tf.int32)).concatenate(tokens)
