@@ -88,9 +88,9 @@ def lm_dataset(
     _check_model(model, tokenizer, seq_len)
 
     tokens = token_stream(source, tokenizer, errors)
-    if model is not None:
-        tokens = tokens.map(lambda t: _checked_id(t, model.vocab_size))
     blocks = packed_blocks(tokens, seq_len)
+    if model is not None:
+        blocks = blocks.map(lambda x, y: _checked_ids((x, y), model.vocab_size))
 
     if validation_split:
         total = count_tokens(tokens)
@@ -112,11 +112,13 @@ def lm_dataset(
     return splits[subset]
 
 
-def _checked_id(token, vocab_size):
-    tf.debugging.assert_less(
-        token, vocab_size, message=f"a token id at or above the model vocabulary size {vocab_size}"
-    )
-    return token
+def _checked_ids(block, vocab_size):
+    """`block` (x, y), after checking that its ids fit the model's vocabulary."""
+    for ids in block:
+        tf.debugging.assert_less(
+            ids, vocab_size, message=f"a token id at or above the model vocabulary size {vocab_size}"
+        )
+    return block
 
 
 def _count_at_least(blocks, n):

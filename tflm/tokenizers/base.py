@@ -16,6 +16,9 @@ class SpecialTokens:
     def special_tokens_config(self):
         return {name: getattr(self, name) for name in SPECIAL_TOKEN_NAMES}
 
+    def get_config(self):
+        return {**super().get_config(), **self.special_tokens_config()}
+
     def special_tokens_list(self):
         """The special tokens that are set, in a fixed order, without repeats."""
         tokens = [getattr(self, name) for name in SPECIAL_TOKEN_NAMES]

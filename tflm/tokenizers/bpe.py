@@ -160,8 +160,3 @@ class BPETokenizer(SpecialTokens, keras_hub.tokenizers.BytePairTokenizer):
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "vocab.json").write_text(json.dumps(self.vocabulary), encoding="utf-8")
         (directory / "merges.txt").write_text("\n".join(self.merges) + "\n", encoding="utf-8")
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(self.special_tokens_config())
-        return config

@@ -58,11 +58,6 @@ class _TableTokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
         pieces = tf.gather(table, ids)
         return tf.strings.reduce_join(pieces, axis=-1)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(self.special_tokens_config())
-        return config
-
 
 @keras.saving.register_keras_serializable(package="tflm")
 class ByteTokenizer(_TableTokenizer):

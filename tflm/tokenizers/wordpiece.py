@@ -71,7 +71,6 @@ class WordPieceTokenizer(SpecialTokens, keras_hub.tokenizers.WordPieceTokenizer)
 
     def get_config(self):
         config = super().get_config()
-        for key in ("oov_token", "special_tokens"):
+        for key in ("oov_token", "special_tokens"):  # set from the special tokens
             config.pop(key, None)
-        config.update(self.special_tokens_config())
         return config
