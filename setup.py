@@ -29,6 +29,7 @@ setup(
         # second backend.
         "test": ["pytest>=8", "jax[cpu]>=0.4.36"],
     },
+    entry_points={"console_scripts": ["tflm=tflm.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3.10",
         "Programming Language :: Python :: 3.11",

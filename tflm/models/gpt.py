@@ -184,6 +184,41 @@ class GPT(keras.Model):
         logits = ops.cast(self.embedding.token_embedding(x, reverse=True), "float32")
         return logits if cache is None else (logits, new_cache)  # (B, T, vocab_size)
 
+    def generate(self, prompts, max_new_tokens=64, sampler="greedy", stop_tokens=None,
+                 seed=None, truncate=False, **sampler_options):
+        """Continue each prompt by up to `max_new_tokens` tokens.
+
+        Args:
+            prompts: a string, a list of strings, a list of token ids or a list of lists
+                of ids (lengths may differ). Strings need the model's tokenizer.
+            sampler: a `tflm.generation` sampler (`Greedy()`, `Random(temperature)`,
+                `TopK(k)`, `TopP(p)`, `Beam(num_beams, length_penalty)`, each with an
+                optional `repetition_penalty`) or its name with `**sampler_options`.
+            stop_tokens: ids or token strings that end a row (default: the tokenizer's
+                EOS for text prompts); the stop token is not part of the completion.
+            seed: the same seed gives the same completions.
+            truncate: keep only the last tokens of a prompt that does not leave room for
+                `max_new_tokens` in the context (otherwise that is an error).
+
+        Returns the completions (new text only, or new ids when given ids): one for a
+        single prompt, a list for a list. The decode loop is compiled on first use for
+        each (batch size, length bucket, sampler) and reused.
+
+        >>> model.generate("ROMEO:", max_new_tokens=100, sampler="top_p", p=0.9, seed=1)
+        """
+        from tflm.generation import generate  # generation builds on models: imported on use
+
+        return generate(self, prompts, max_new_tokens, sampler, stop_tokens, seed, truncate,
+                        **sampler_options)
+
+    def stream(self, prompt, max_new_tokens=64, sampler="greedy", stop_tokens=None, seed=None,
+               truncate=False, **sampler_options):
+        """Yield the completion of one prompt piece by piece as it is produced (eager)."""
+        from tflm.generation import stream
+
+        return stream(self, prompt, max_new_tokens, sampler, stop_tokens, seed, truncate,
+                      **sampler_options)
+
     def compute_output_shape(self, input_shape):
         return (*input_shape, self.vocab_size)
 

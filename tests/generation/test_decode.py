@@ -1,0 +1,158 @@
+"""Generation on token ids: backend-neutral (these tests also run under JAX)."""
+
+import itertools
+
+import numpy as np
+import pytest
+from keras import ops
+
+from tflm.generation import Beam, Greedy, Random, TopK, TopP
+from tflm.generation.decode import _COMPILED
+from tflm.models import GPT
+
+
+def tiny_gpt(block="transformer", **overrides):
+    config = dict(
+        vocab_size=11, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
+        max_sequence_length=48, block=block,
+        position="rotary" if block == "transformer" else "sinusoidal",
+        num_kv_heads=1 if block == "transformer" else None, tie_embeddings=False,
+    )
+    model = GPT(**{**config, **overrides})
+    model.build((1, 8))
+    # Sharper logits than a fresh initialization gives, so that samplers make real choices.
+    model.set_weights([w * 2 for w in model.get_weights()])
+    return model
+
+
+def full_forward_greedy(model, prompt, steps):
+    ids = list(prompt)
+    for _ in range(steps):
+        logits = ops.convert_to_numpy(model(np.array([ids], "int32")))
+        ids.append(int(np.argmax(logits[0, -1])))
+    return ids[len(prompt):]
+
+
+@pytest.mark.parametrize("block", ["transformer", "lstm"])
+def test_greedy_equals_argmax_of_full_forward_passes(block):
+    model = tiny_gpt(block)
+    prompt = [3, 1, 4, 1, 5]
+    expected = full_forward_greedy(model, prompt, 12)
+    assert model.generate(prompt, max_new_tokens=12) == expected
+    assert len(set(expected)) > 1  # a non-trivial sequence
+
+
+@pytest.mark.parametrize("block", ["transformer", "lstm"])
+def test_a_batch_of_different_lengths_equals_each_prompt_alone(block):
+    model = tiny_gpt(block)
+    prompts = [[3, 1, 4, 1, 5, 9, 2], [2, 7], [1, 8, 2, 8]]
+    together = model.generate(prompts, max_new_tokens=9)
+    assert together == [model.generate(p, max_new_tokens=9) for p in prompts]
+    beams = model.generate(prompts, max_new_tokens=6, sampler=Beam(3))
+    assert beams == [model.generate(p, max_new_tokens=6, sampler=Beam(3)) for p in prompts]
+
+
+def test_same_seed_same_tokens_other_seed_other_tokens():
+    model = tiny_gpt()
+    prompts = [[1, 2, 3], [4, 5]]
+    first = model.generate(prompts, 20, sampler=Random(temperature=1.5), seed=7)
+    assert model.generate(prompts, 20, sampler=Random(temperature=1.5), seed=7) == first
+    assert model.generate(prompts, 20, sampler=Random(temperature=1.5), seed=8) != first
+
+
+def test_top_k_never_picks_outside_the_k_best():
+    model = tiny_gpt()
+    prompt = [1, 2, 3]
+    for seed in range(3):
+        generated = model.generate(prompt, 10, sampler=TopK(3, temperature=3.0), seed=seed)
+        ids = list(prompt)
+        for token in generated:
+            logits = ops.convert_to_numpy(model(np.array([ids], "int32")))[0, -1]
+            assert token in np.argsort(logits)[-3:]
+            ids.append(token)
+
+
+def test_stop_tokens_end_exactly_at_the_first_stop():
+    model = tiny_gpt()
+    prompts = [[3, 1, 4], [2, 7, 1, 8]]
+    free = model.generate(prompts, 16)
+    stop = free[0][5]
+    stopped = model.generate(prompts, 16, stop_tokens=[stop])
+    for row, out in zip(free, stopped):
+        cut = row.index(stop) if stop in row else len(row)
+        assert out == row[:cut]
+    assert len(stopped[0]) == free[0].index(stop) <= 5
+
+
+def test_beam_search_with_one_beam_is_greedy():
+    model = tiny_gpt()
+    prompts = [[3, 1, 4], [2]]
+    assert model.generate(prompts, 10, sampler=Beam(1)) == model.generate(prompts, 10)
+
+
+def test_wide_beam_finds_the_most_likely_sequence():
+    model = tiny_gpt(vocab_size=5)
+    prompt = [1, 2]
+
+    def log_prob(continuation):
+        ids = np.array([prompt + list(continuation)], "int32")
+        logits = ops.convert_to_numpy(model(ids))[0].astype("float64")
+        logits -= logits.max(-1, keepdims=True)
+        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        return sum(log_probs[len(prompt) - 1 + i, t] for i, t in enumerate(continuation))
+
+    best = max(itertools.product(range(5), repeat=3), key=log_prob)
+    # with 25 = 5^2 beams, beam search over 3 tokens is exhaustive
+    assert model.generate(prompt, 3, sampler=Beam(25, length_penalty=0.0)) == list(best)
+    greedy = model.generate(prompt, 3)
+    assert log_prob(best) >= log_prob(greedy)
+
+
+def test_compiles_once_per_length_bucket():
+    model = tiny_gpt()
+    model.generate([1, 2], 5)
+    model.generate([3, 4, 5], 9)  # same batch, same bucket of total length
+    model.generate([1, 2], 5, sampler=Greedy())
+    assert len(_COMPILED[model]) == 1
+    model.generate([[1, 2], [3]], 5)  # another batch size
+    assert len(_COMPILED[model]) == 2
+
+
+def test_streaming_yields_what_generate_returns():
+    model = tiny_gpt()
+    sampler = TopP(0.8, temperature=2.0)
+    assert list(model.stream([1, 2, 3], 12, sampler=sampler, seed=4)) == model.generate(
+        [1, 2, 3], 12, sampler=sampler, seed=4
+    )
+
+
+def test_repetition_penalty_discourages_repeats():
+    model = tiny_gpt()
+    plain = model.generate([1, 2, 3], 20)
+    penalized = model.generate([1, 2, 3], 20, sampler=Greedy(repetition_penalty=100.0))
+    assert len(set(penalized)) > len(set(plain))
+
+
+def test_prompt_too_long_is_an_error_unless_truncated():
+    model = tiny_gpt()
+    prompt = list(np.arange(40) % 11)
+    with pytest.raises(ValueError, match="A prompt of 40 tokens plus max_new_tokens=10 exceeds .* 48"):
+        model.generate(prompt, 10)
+    truncated = model.generate(prompt, 10, truncate=True)
+    assert truncated == model.generate(prompt[-38:], 10)
+
+
+def test_bad_input_is_an_error():
+    model = tiny_gpt()
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        model.generate([1, 11], 3)
+    with pytest.raises(ValueError, match="is empty"):
+        model.generate([[1], []], 3)
+    with pytest.raises(ValueError, match="max_new_tokens must be between 1 and 47"):
+        model.generate([1], 48)
+    with pytest.raises(ValueError, match="Text prompts need a model with a tokenizer"):
+        model.generate("hello", 3)
+    with pytest.raises(ValueError, match="Unknown sampler 'nucleus'"):
+        model.generate([1], 3, sampler="nucleus")
+    with pytest.raises(ValueError, match="Beam search cannot stream"):
+        list(model.stream([1], 3, sampler="beam"))

@@ -1,0 +1,83 @@
+"""The `tflm` command. Nothing imports this module; it imports what each subcommand needs.
+
+    tflm generate --model model.keras "ROMEO:" --max-new-tokens 200 --top-p 0.9 --seed 1
+"""
+
+import argparse
+import sys
+
+
+def _load_model(path):
+    import keras
+
+    import tflm.tokenizers  # noqa: F401  (registers the tokenizer classes for loading)
+
+    try:
+        return keras.saving.load_model(path)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"tflm: cannot load a model from {path!r}: {error}") from None
+
+
+def sampler_from_flags(args):
+    """The sampler the generation flags describe (greedy when none is given)."""
+    from tflm import generation
+
+    options = {"repetition_penalty": args.repetition_penalty}
+    if args.num_beams > 1:
+        return generation.Beam(args.num_beams, args.length_penalty, **options)
+    temperature = 1.0 if args.temperature is None else args.temperature
+    if args.top_p is not None:
+        return generation.TopP(args.top_p, temperature, **options)
+    if args.top_k is not None:
+        return generation.TopK(args.top_k, temperature, **options)
+    if args.temperature is not None:
+        return generation.Random(temperature, **options)
+    return generation.Greedy(**options)
+
+
+def generate(args):
+    model = _load_model(args.model)
+    if model.tokenizer is None:
+        raise SystemExit("tflm: this model has no tokenizer, so it cannot take a text prompt.")
+    sampler = sampler_from_flags(args)
+    options = dict(sampler=sampler, seed=args.seed, truncate=args.truncate)
+    try:
+        if args.stream and args.num_beams == 1:
+            print(args.prompt, end="", flush=True)
+            for piece in model.stream(args.prompt, args.max_new_tokens, **options):
+                print(piece, end="", flush=True)
+            print()
+        else:
+            print(args.prompt + model.generate(args.prompt, args.max_new_tokens, **options))
+    except ValueError as error:
+        raise SystemExit(f"tflm: {error}") from None
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="tflm", description="Language models with Keras 3.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    gen = commands.add_parser("generate", help="continue a prompt with a saved GPT")
+    gen.add_argument("prompt")
+    gen.add_argument("--model", required=True, help="a .keras file saved by tflm")
+    gen.add_argument("--max-new-tokens", type=int, default=200)
+    gen.add_argument("--temperature", type=float, help="sample at this temperature")
+    gen.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
+    gen.add_argument("--top-p", type=float, help="nucleus sampling with this probability mass")
+    gen.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams")
+    gen.add_argument("--length-penalty", type=float, default=1.0)
+    gen.add_argument("--repetition-penalty", type=float, default=1.0)
+    gen.add_argument("--seed", type=int, help="the same seed gives the same text")
+    gen.add_argument("--truncate", action="store_true", help="cut prompts that fill the context")
+    gen.add_argument("--stream", action="store_true", help="print tokens as they come")
+    gen.set_defaults(run=generate)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
