@@ -116,9 +116,11 @@ class MultiHeadAttention(keras.layers.Layer):
         if cache is not None:
             if not self.causal:
                 raise ValueError("A key/value cache needs causal attention.")
-            k = ops.slice_update(cache[:, 0], (0, start, 0, 0), ops.cast(k, cache.dtype))
-            v = ops.slice_update(cache[:, 1], (0, start, 0, 0), ops.cast(v, cache.dtype))
-            cache = ops.stack([k, v], axis=1)
+            # One in-place update of the whole cache (updating keys and values apart and
+            # stacking them again would copy the cache at every step).
+            update = ops.cast(ops.stack([k, v], axis=1), cache.dtype)  # (B, 2, T, K, H)
+            cache = ops.slice_update(cache, (0, 0, start, 0, 0), update)
+            k, v = cache[:, 0], cache[:, 1]
 
         mask = self._attention_mask(length, ops.shape(k)[1], start, padding_mask, cache)
         if self.num_kv_heads == 1 < self.num_heads:
