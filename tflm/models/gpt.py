@@ -9,6 +9,7 @@ from tflm.models.attached_tokenizer import (
     deserialize_tokenizer,
     serialize_tokenizer,
 )
+from tflm.models.metrics import Perplexity
 from tflm.models.presets import GPT_PRESETS, resolve_preset
 
 BLOCKS = ("transformer", "lstm")
@@ -183,6 +184,23 @@ class GPT(keras.Model):
         x = self.final_norm(x)
         logits = ops.cast(self.embedding.token_embedding(x, reverse=True), "float32")
         return logits if cache is None else (logits, new_cache)  # (B, T, vocab_size)
+
+    def compile(self, optimizer="auto", loss="auto", metrics="auto", jit_compile="auto", **kwargs):
+        """`keras.Model.compile` with defaults for language modelling.
+
+        "auto" gives AdamW (learning rate 3e-4, weight decay 0.1), token cross-entropy on
+        the logits, perplexity and token accuracy, and XLA compilation. Anything passed
+        explicitly is used as it is (`tflm.training.adamw` builds a tuned AdamW).
+        """
+        if optimizer == "auto":
+            optimizer = keras.optimizers.AdamW(learning_rate=3e-4, weight_decay=0.1)
+        if loss == "auto":
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if metrics == "auto":
+            metrics = [Perplexity(), keras.metrics.SparseCategoricalAccuracy("token_accuracy")]
+        super().compile(
+            optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=jit_compile, **kwargs
+        )
 
     def generate(self, prompts, max_new_tokens=64, sampler="greedy", stop_tokens=None,
                  seed=None, truncate=False, **sampler_options):

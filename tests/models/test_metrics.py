@@ -1,0 +1,41 @@
+import numpy as np
+
+from tflm.models import GPT, Perplexity
+from tests.helpers import to_numpy
+
+
+def numpy_cross_entropy(labels, logits):
+    logits = logits - logits.max(-1, keepdims=True)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    return -np.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+
+
+def test_perplexity_is_exp_of_mean_token_cross_entropy_over_all_updates():
+    rng = np.random.default_rng(0)
+    logits = [rng.normal(size=(2, 5, 7)).astype("float32") for _ in range(2)]
+    labels = [rng.integers(0, 7, (2, 5)) for _ in range(2)]
+    weights = np.ones((2, 5), "float32")
+    weights[1, 3:] = 0.0
+    metric = Perplexity()
+    metric.update_state(labels[0], logits[0])
+    metric.update_state(labels[1], logits[1], sample_weight=weights)
+    losses = np.concatenate([
+        numpy_cross_entropy(labels[0], logits[0]).ravel(),
+        numpy_cross_entropy(labels[1], logits[1])[weights > 0],
+    ])
+    np.testing.assert_allclose(float(to_numpy(metric.result())), np.exp(losses.mean()), rtol=1e-5)
+    metric.reset_state()
+    metric.update_state(labels[0], logits[0])
+    np.testing.assert_allclose(
+        float(to_numpy(metric.result())), np.exp(numpy_cross_entropy(labels[0], logits[0]).mean()), rtol=1e-5
+    )
+
+
+def test_compile_defaults_report_loss_perplexity_and_accuracy():
+    model = GPT(11, 1, 2, 16, 32, 8)
+    model.compile()
+    ids = np.random.default_rng(1).integers(0, 11, (4, 9)).astype("int32")
+    logs = model.evaluate(ids[:, :-1], ids[:, 1:], verbose=0, return_dict=True)
+    assert set(logs) == {"loss", "perplexity", "token_accuracy"}
+    np.testing.assert_allclose(logs["perplexity"], np.exp(logs["loss"]), rtol=1e-4)
+    assert 0.0 <= logs["token_accuracy"] <= 1.0

@@ -1,0 +1,67 @@
+"""AdamW as language models are trained: warmup then cosine decay, no weight decay on
+norms and biases, global-norm clipping and optional gradient accumulation."""
+
+import keras
+
+
+def warmup_cosine(learning_rate, total_steps, warmup_steps=0, min_learning_rate=0.0):
+    """Linear warmup from 0 to `learning_rate` over `warmup_steps`, then cosine decay to
+    `min_learning_rate` at `total_steps` (Keras' CosineDecay with warmup)."""
+    if not 0 <= warmup_steps < total_steps:
+        raise ValueError(
+            f"warmup_steps={warmup_steps} must be at least 0 and below total_steps={total_steps}."
+        )
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup_steps else learning_rate,
+        decay_steps=total_steps - warmup_steps,
+        alpha=min_learning_rate / learning_rate,
+        warmup_target=learning_rate if warmup_steps else None,
+        warmup_steps=warmup_steps,
+    )
+
+
+def adamw(
+    model,
+    learning_rate=1e-3,
+    total_steps=None,
+    warmup_steps=0,
+    min_learning_rate=0.0,
+    weight_decay=0.1,
+    decay_norms_and_biases=False,
+    beta_1=0.9,
+    beta_2=0.95,
+    epsilon=1e-8,
+    global_clipnorm=1.0,
+    gradient_accumulation_steps=None,
+):
+    """A `keras.optimizers.AdamW` for `model`, with GPT-style defaults.
+
+    Args:
+        model: a built model; its variables of rank < 2 (norm scales, biases) get no
+            weight decay unless `decay_norms_and_biases` (nanoGPT's rule).
+        learning_rate: the peak learning rate.
+        total_steps: when given, warm up for `warmup_steps` and decay with a cosine to
+            `min_learning_rate` at `total_steps`; otherwise the rate is constant.
+        global_clipnorm: clip the gradients' global norm (None: no clipping).
+        gradient_accumulation_steps: apply the mean of this many batches' gradients at
+            once, for a larger effective batch than fits in memory.
+    """
+    if not model.built:
+        raise ValueError("Build the model (call it once, or model.build(shape)) before adamw().")
+    schedule = learning_rate
+    if total_steps is not None:
+        schedule = warmup_cosine(learning_rate, total_steps, warmup_steps, min_learning_rate)
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=schedule,
+        weight_decay=weight_decay,
+        beta_1=beta_1,
+        beta_2=beta_2,
+        epsilon=epsilon,
+        global_clipnorm=global_clipnorm,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+    )
+    if not decay_norms_and_biases:
+        optimizer.exclude_from_weight_decay(
+            var_list=[v for v in model.trainable_variables if len(v.shape) < 2]
+        )
+    return optimizer
