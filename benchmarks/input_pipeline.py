@@ -40,7 +40,7 @@ def training_tokens_per_second(seq_len, batch_size, steps):
     model.fit(x[:batch_size], x[:batch_size], batch_size=batch_size, epochs=1, verbose=0)  # compile
     start = time.perf_counter()
     model.fit(x, x, batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
-    return batch_size * steps * seq_len / (time.perf_counter() - start)
+    return batch_size * steps * seq_len / (time.perf_counter() - start), model.count_params()
 
 
 def main():
@@ -63,8 +63,8 @@ def main():
     for name, tokenizer in [("byte", ByteTokenizer()), (f"bpe-{args.bpe_vocabulary}", bpe)]:
         rate, tokens = pipeline_tokens_per_second(tokenizer, args.seq_len, args.batch_size)
         rows.append((f"lm_dataset, {name} tokenizer ({tokens:,} tokens/epoch)", rate))
-    train_rate = training_tokens_per_second(args.seq_len, args.batch_size, args.train_steps)
-    rows.append(("model.fit, shakespeare-char preset (3.4M params, jit)", train_rate))
+    train_rate, params = training_tokens_per_second(args.seq_len, args.batch_size, args.train_steps)
+    rows.append((f"model.fit, shakespeare-char preset ({params / 1e6:.2f}M params, jit)", train_rate))
     for label, rate in rows:
         print(f"{label:64s} {rate:12,.0f} tokens/s  ({rate / train_rate:6.1f}x training)")
     print(f"BPE training, {args.bpe_vocabulary} tokens on tiny Shakespeare: {bpe_train_seconds:.1f} s")
