@@ -8,7 +8,7 @@ import pytest
 from keras import ops
 
 from tflm.generation import Beam, Greedy, Random, TopK, TopP
-from tflm.generation.decode import _COMPILED
+from tflm.generation.decode import compiled_loops
 from tflm.models import GPT
 
 
@@ -115,9 +115,9 @@ def test_compiles_once_per_length_bucket():
     model.generate([1, 2], 5)
     model.generate([3, 4, 5], 9)  # same batch, same bucket of total length
     model.generate([1, 2], 5, sampler=Greedy())
-    assert len(_COMPILED[model]) == 1
+    assert len(compiled_loops(model)) == 1
     model.generate([[1, 2], [3]], 5)  # another batch size
-    assert len(_COMPILED[model]) == 2
+    assert len(compiled_loops(model)) == 2
 
 
 def test_streaming_yields_what_generate_returns():

@@ -9,7 +9,6 @@ TensorFlow (`tf.function(jit_compile=True)`) and one `jax.jit` on JAX.
 
 import codecs
 import random
-import weakref
 
 import keras
 import numpy as np
@@ -19,7 +18,6 @@ from tflm.generation import samplers as sampler_lib
 
 LENGTH_BUCKET = 64  # total lengths are rounded up to this, so most calls reuse a loop
 MAX_STOP_TOKENS = 8
-_COMPILED = weakref.WeakKeyDictionary()  # model -> {key: compiled decode function}
 
 
 def generate(
@@ -169,7 +167,7 @@ def _decode(model, rows, max_new_tokens, sampler, stop_ids, seed):
     stops[: len(stop_ids)] = stop_ids
 
     key = (len(rows), total, prefill, sampler.key())
-    functions = _COMPILED.setdefault(model, {})
+    functions = compiled_loops(model)
     if key not in functions:
         functions[key] = _compile(model, _make_loop(model, sampler, prefill, beams))
     tokens, scores = functions[key](
@@ -191,6 +189,17 @@ def _decode(model, rows, max_new_tokens, sampler, stop_ids, seed):
             best = 0
         completions.append(candidates[best][0])
     return completions
+
+
+def compiled_loops(model):
+    """The model's compiled decode loops, by (batch, total length, prefill, sampler).
+
+    Kept on the model itself (outside Keras' attribute tracking), so they live and die
+    with it.
+    """
+    if "_tflm_decode_loops" not in vars(model):
+        object.__setattr__(model, "_tflm_decode_loops", {})
+    return vars(model)["_tflm_decode_loops"]
 
 
 def _cut(ids, stop_ids):
