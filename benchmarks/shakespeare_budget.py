@@ -4,7 +4,10 @@ Trains the shakespeare-char preset (or the shape given) with model.fit on lm_dat
 prints the validation loss (nats per character, on the whole held-out last 10%) every
 250 steps and when the budget, counted from the script's start, runs out.
 
-    python benchmarks/shakespeare_budget.py [--minutes 10] [--schedule-steps 3000]
+    python benchmarks/shakespeare_budget.py [--minutes 10] [--schedule-steps 3000 | --fit-schedule]
+
+--fit-schedule fits the learning rate to the time budget (tflm.training.TimeBudget: warmup,
+then a cosine over the time left) instead of a cosine over a fixed number of steps.
 """
 
 import argparse
@@ -16,7 +19,7 @@ import keras  # noqa: E402
 
 import tflm  # noqa: E402
 import tflm.data  # noqa: E402
-from tflm.training import adamw  # noqa: E402
+from tflm.training import TimeBudget, adamw  # noqa: E402
 
 
 def main():
@@ -27,6 +30,7 @@ def main():
     parser.add_argument("--learning-rate", type=float, default=3e-3)
     parser.add_argument("--schedule-steps", type=int, default=3000, help="cosine decay length")
     parser.add_argument("--warmup-steps", type=int, default=100)
+    parser.add_argument("--fit-schedule", action="store_true", help="decay over the time budget")
     args = parser.parse_args()
     budget = args.minutes * 60
 
@@ -36,11 +40,15 @@ def main():
         validation_split=0.1, subset="both", model=model,
     )
     model.build((None, args.seq_len))
-    model.compile(
-        optimizer=adamw(model, args.learning_rate, total_steps=args.schedule_steps,
-                        warmup_steps=args.warmup_steps, min_learning_rate=args.learning_rate / 10),
-        metrics=[],
-    )
+    callbacks = []
+    if args.fit_schedule:
+        optimizer = adamw(model, args.learning_rate)  # TimeBudget sets the rate every step
+        callbacks.append(TimeBudget(args.minutes, args.learning_rate, args.learning_rate / 10,
+                                    args.warmup_steps, start=START, clock=time.time))
+    else:
+        optimizer = adamw(model, args.learning_rate, total_steps=args.schedule_steps,
+                          warmup_steps=args.warmup_steps, min_learning_rate=args.learning_rate / 10)
+    model.compile(optimizer=optimizer, metrics=[])
 
     class Report(keras.callbacks.Callback):
         step = 0
@@ -57,7 +65,8 @@ def main():
 
     print(f"shakespeare-char preset, {model.count_params():,} parameters; seq_len {args.seq_len}, "
           f"batch {args.batch_size}, budget {args.minutes:g} min from the script's start")
-    model.fit(train.repeat(), steps_per_epoch=10**9, epochs=1, callbacks=[Report()], verbose=0)
+    callbacks.append(Report())
+    model.fit(train.repeat(), steps_per_epoch=10**9, epochs=1, callbacks=callbacks, verbose=0)
 
 
 if __name__ == "__main__":

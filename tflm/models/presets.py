@@ -23,9 +23,9 @@ SHAKESPEARE_CHAR_TOKENIZER = {
 
 GPT_PRESETS = {
     # Character-level Shakespeare, sized to train on 2 CPU cores in minutes: trained on
-    # 128-character blocks, batch 32, AdamW 3e-3 -> 3e-4, it reaches a validation loss of
-    # 1.49 nats/char in 10 minutes (benchmarks/RESULTS.md). Rotary positions carry no
-    # weights, so the context (256) may exceed the training blocks.
+    # 128-character blocks, batch 32, AdamW 3e-3 -> 3e-4 fitted to the time budget, it
+    # reaches a validation loss of 1.46 nats/char in 10 minutes (benchmarks/RESULTS.md).
+    # Rotary positions carry no weights, so the context (256) may exceed the training blocks.
     "shakespeare-char": dict(
         vocab_size=65,
         num_layers=4,

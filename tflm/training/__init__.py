@@ -2,6 +2,7 @@
 with plain `model.compile` / `model.fit`."""
 
 from tflm.models.metrics import Perplexity
+from tflm.training.callbacks import TimeBudget
 from tflm.training.optimizers import adamw, warmup_cosine
 
-__all__ = ["Perplexity", "adamw", "warmup_cosine"]
+__all__ = ["Perplexity", "TimeBudget", "adamw", "warmup_cosine"]
