@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tflm.data import lm_dataset, mlm_dataset
+from tflm.data import lm_dataset, mlm_dataset, sources
 from tflm.data.corpora import tiny_shakespeare
 from tflm.models import GPT
 from tflm.tokenizers import ByteTokenizer, CharTokenizer, WordPieceTokenizer
@@ -110,11 +110,22 @@ def test_missing_empty_and_too_small_corpora_are_errors(tmp_path):
         lm_dataset([], tokenizer, 8, 2)
 
 
-def test_invalid_utf8_names_file_and_offset_unless_replaced(tmp_path):
+def test_invalid_utf8_names_file_and_offset_unless_replaced(tmp_path, monkeypatch):
     path = tmp_path / "bad.txt"
     path.write_bytes(b"good text\n" * 3 + b"caf\xe9 au lait\n" + b"more text here\n" * 5)
     with pytest.raises(ValueError, match=r"bad.txt: invalid UTF-8 at byte offset 33"):
         lm_dataset(str(path), ByteTokenizer(), 4, 2)
+    # the same offset when the file is read in chunks that cut characters apart
+    for chunk in (3, 5, 7, 34):
+        monkeypatch.setattr(sources, "_CHUNK", chunk)
+        with pytest.raises(ValueError, match=r"bad.txt: invalid UTF-8 at byte offset 33"):
+            sources.check_utf8(str(path))
+    multibyte = tmp_path / "multibyte.txt"
+    multibyte.write_bytes("abcé".encode() + b"\xff" + "héllo".encode())  # é is 2 bytes
+    for chunk in (2, 3, 4, 1 << 20):  # 4 cuts é apart, the error follows it in the next chunk
+        monkeypatch.setattr(sources, "_CHUNK", chunk)
+        with pytest.raises(ValueError, match=r"multibyte.txt: invalid UTF-8 at byte offset 5"):
+            sources.check_utf8(str(multibyte))
     ds = lm_dataset(str(path), ByteTokenizer(), 4, 2, errors="replace", shuffle=False)
     tokens = np.concatenate([x.reshape(-1) for x, _ in batches(ds)])
     assert bytes(t for t in tokens if t < 256).find("caf\ufffd".encode()) > 0

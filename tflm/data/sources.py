@@ -31,10 +31,12 @@ def check_utf8(path):
     with open(path, "rb") as f:
         while True:
             chunk = f.read(_CHUNK)
+            # Bytes of a character cut by the last chunk wait in the decoder; an error's
+            # position counts from the first of them.
+            pending = len(decoder.getstate()[0])
             try:
                 decoder.decode(chunk, final=not chunk)
             except UnicodeDecodeError as error:
-                pending = len(decoder.getstate()[0]) if error.start == 0 else 0
                 raise ValueError(
                     f"{path}: invalid UTF-8 at byte offset {offset + error.start - pending}. "
                     "Pass errors='replace' to replace invalid bytes with U+FFFD."
