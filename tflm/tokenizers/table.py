@@ -48,8 +48,9 @@ class _TableTokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
             ids = inputs
         else:  # numpy arrays and (possibly ragged) Python lists
             ids = tf.ragged.constant(inputs) if isinstance(inputs, list) else tf.constant(inputs)
-        table = tf.constant([t.encode("utf-8") if isinstance(t, str) else t for t in self._tokens()])
-        size = len(self._tokens())
+        tokens = self._tokens()
+        table = tf.constant([t.encode("utf-8") if isinstance(t, str) else t for t in tokens])
+        size = len(tokens)
         flat = ids.flat_values if isinstance(ids, tf.RaggedTensor) else ids
         tf.debugging.assert_less(
             tf.cast(flat, tf.int64), tf.constant(size, tf.int64),
