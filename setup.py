@@ -15,7 +15,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["tflm", "tflm.*"]),
-    package_data={"tflm": ["data/corpora/*.txt", "data/corpora/*.md"]},
+    # tflm/configs is a link to configs/, so the YAML configurations ship in the package.
+    package_data={"tflm": ["data/corpora/*.txt", "data/corpora/*.md", "configs/*.yaml"]},
     install_requires=[
         "tensorflow~=2.21.0",
         "keras>=3.15",

@@ -1,10 +1,15 @@
 """The `tflm` command. Nothing imports this module; it imports what each subcommand needs.
 
+    tflm train [--config FILE] [--set section.key=value ...]
+    tflm eval --model runs/shakespeare-char/model.keras FILE
     tflm generate --model model.keras "ROMEO:" --max-new-tokens 200 --top-p 0.9 --seed 1
 """
 
 import argparse
 import sys
+import time
+
+START = time.time()  # `train.max_minutes` counts from the command's start
 
 
 def _load_model(path):
@@ -53,9 +58,62 @@ def generate(args):
         raise SystemExit(f"tflm: {error}") from None
 
 
+def train(args):
+    from tflm.training import load_config, train
+
+    try:
+        config = load_config(args.config, args.set)
+    except (OSError, ValueError, KeyError) as error:
+        raise SystemExit(f"tflm: {error}") from None
+    try:
+        train(config, start=START)
+    except (RuntimeError, FloatingPointError, ValueError, OSError) as error:
+        raise SystemExit(f"tflm: {error}") from None
+
+
+def evaluate(args):
+    import math
+
+    from tflm.data import lm_dataset
+
+    model = _load_model(args.model)
+    if model.tokenizer is None:
+        raise SystemExit("tflm: this model has no tokenizer, so it cannot read a text file.")
+    seq_len = args.seq_len or model.max_sequence_length
+    try:
+        data = lm_dataset(args.file, model.tokenizer, seq_len, args.batch_size, shuffle=False,
+                          model=model)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"tflm: {error}") from None
+    model.compile(loss="auto", metrics="auto", optimizer="auto")
+    results = model.evaluate(data, verbose=args.verbose, return_dict=True)
+    batches = sum(1 for _ in data)
+    print(f"{args.file}: loss {results['loss']:.4f} nats per token, perplexity "
+          f"{math.exp(results['loss']):.3f}, token accuracy {results['token_accuracy']:.4f} "
+          f"({batches * args.batch_size * seq_len:,} tokens in blocks of {seq_len})")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="tflm", description="Language models with Keras 3.")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    tr = commands.add_parser(
+        "train", help="train a GPT from a config (default: tiny Shakespeare in 10 minutes)",
+        description="Train a GPT as a YAML config says; resumes when the output directory "
+                    "holds a checkpoint.")
+    tr.add_argument("--config", help="a YAML file or the name of one in configs/ "
+                                     "(default: shakespeare-char)")
+    tr.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override one config value (repeatable), e.g. optimizer.lr=1e-3")
+    tr.set_defaults(run=train)
+
+    ev = commands.add_parser("eval", help="loss and perplexity of a saved GPT on a text file")
+    ev.add_argument("file", help="a text file (or a glob of files)")
+    ev.add_argument("--model", required=True, help="a .keras file saved by tflm")
+    ev.add_argument("--seq-len", type=int, help="tokens per block (default: the model's context)")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--verbose", type=int, default=0)
+    ev.set_defaults(run=evaluate)
 
     gen = commands.add_parser("generate", help="continue a prompt with a saved GPT")
     gen.add_argument("prompt")

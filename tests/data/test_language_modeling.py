@@ -146,7 +146,7 @@ def test_token_id_above_the_vocabulary_is_an_error():
     model = GPT(100, 1, 2, 8, 16, max_sequence_length=8)
     tokenizer = ByteTokenizer()
     tokenizer.vocabulary_size = lambda: 100  # a tokenizer that lies about its size
-    with pytest.raises(tf.errors.InvalidArgumentError, match="at or above the model vocabulary size 100"):
+    with pytest.raises(ValueError, match="the id 256, at or above the model vocabulary size 100"):
         lm_dataset(["abc" * 10], tokenizer, 4, 1, model=model)
 
 
@@ -185,3 +185,21 @@ def test_mlm_masks_fifteen_percent_eighty_ten_ten():
 def test_mlm_needs_special_tokens():
     with pytest.raises(ValueError, match="needs a tokenizer with a bos_token"):
         mlm_dataset(DOCUMENTS, CharTokenizer.train("abc"), 8, 2)
+
+
+def test_a_repeated_stream_starts_at_any_batch_with_a_new_order_each_epoch():
+    tokenizer = ByteTokenizer()
+    docs = [" ".join(f"{i:07d}" for i in range(500))]  # every block different
+    blocks_per_epoch = len(batches(lm_dataset(docs, tokenizer, 8, 1, shuffle=False)))
+    per_epoch = blocks_per_epoch // 4
+
+    def take(start, n):
+        ds = lm_dataset(docs, tokenizer, 8, 4, seed=3, repeat=True, start_batch=start)
+        return [x for x, _ in batches(ds.take(n))]
+
+    whole = take(0, 2 * per_epoch + 2)
+    resumed = take(per_epoch - 1, per_epoch + 3)
+    np.testing.assert_array_equal(np.stack(whole[per_epoch - 1 :]), np.stack(resumed))
+    first, second = np.concatenate(whole[:per_epoch]), np.concatenate(whole[per_epoch : 2 * per_epoch])
+    assert not np.array_equal(first, second)
+    assert len(set(map(tuple, first))) == len(first) == len(second) == len(set(map(tuple, second)))

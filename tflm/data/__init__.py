@@ -6,7 +6,7 @@
 
 from tflm.data import corpora
 from tflm.data.classification import classification_dataset
-from tflm.data.language_modeling import lm_dataset, mlm_dataset, packed_blocks
+from tflm.data.language_modeling import lm_dataset, mlm_dataset, token_ids
 from tflm.data.sources import token_stream
 
 __all__ = [
@@ -14,6 +14,6 @@ __all__ = [
     "corpora",
     "lm_dataset",
     "mlm_dataset",
-    "packed_blocks",
+    "token_ids",
     "token_stream",
 ]

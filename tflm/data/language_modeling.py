@@ -1,6 +1,7 @@
 """Pipelines for language-model training: packed next-token blocks and masked-LM batches."""
 
 import keras_hub
+import numpy as np
 import tensorflow as tf
 
 from tflm.data.sources import token_stream
@@ -20,29 +21,6 @@ def _check_model(model, tokenizer, seq_len):
         )
 
 
-def packed_blocks(tokens, length):
-    """`(x, y)` blocks of `length` tokens from a token stream, `y` shifted by one.
-
-    Consecutive blocks share one token: the target of a block's last position is the
-    first token of the next block, so every token after the first of the stream is a
-    target exactly once (up to the incomplete tail): ⌊(N - 1) / length⌋ blocks.
-    """
-    chunks = tokens.batch(length)  # the last chunk may be short; it only lends a target
-
-    def step(state, chunk):
-        started, previous = state
-        y = tf.concat([previous[1:], chunk[:1]], axis=0)
-        return (True, chunk), (started, previous, y)
-
-    initial = (tf.constant(False), tf.zeros([length], tf.int32))
-    pairs = chunks.scan(initial, step).filter(lambda started, x, y: started)
-    return pairs.map(lambda started, x, y: (tf.ensure_shape(x, [length]), tf.ensure_shape(y, [length])))
-
-
-def count_tokens(tokens):
-    return int(tokens.batch(1 << 16).reduce(tf.constant(0, tf.int64), lambda n, b: n + tf.size(b, tf.int64)))
-
-
 def lm_dataset(
     source,
     tokenizer,
@@ -51,31 +29,38 @@ def lm_dataset(
     validation_split=None,
     subset="training",
     shuffle=True,
-    shuffle_buffer=10_000,
     seed=0,
     errors="strict",
     model=None,
+    repeat=False,
+    start_batch=0,
 ):
     """Next-token batches `(x, y)` of shape (batch_size, seq_len), `y` = `x` shifted by one.
 
     Args:
-        source: a path, a glob of files, a list of strings (documents) or a
+        source: a path, a glob of files, a list of strings (documents) or a finite
             `tf.data.Dataset` of strings. Files stream line by line.
         tokenizer: a tflm tokenizer; documents are joined with its EOS token (when it has one).
-        seq_len: tokens per example; blocks are packed end to end, with no padding.
+        seq_len: tokens per example; blocks are packed end to end, with no padding, and
+            consecutive blocks share one token (the target of a block's last position is
+            the first token of the next), so N tokens give ⌊(N - 1) / seq_len⌋ blocks.
         validation_split: fraction of blocks held out for validation: the *last*
-            blocks of the stream (a contiguous tail, as nanoGPT's split), counted in one
-            streaming pass over the corpus.
+            blocks of the stream (a contiguous tail, as nanoGPT's split).
         subset: "training", "validation" or "both" (a `(train, validation)` pair), as in
             `keras.utils.text_dataset_from_directory`.
-        shuffle, shuffle_buffer, seed: training blocks are shuffled, deterministically
-            for a given seed; validation blocks are not.
+        shuffle, seed: training blocks come in a new random order each epoch (a full
+            permutation, the same for the same seed); validation blocks are in order.
         errors: "strict" (invalid UTF-8 is an error naming the file and byte offset) or
             "replace" (invalid bytes become U+FFFD).
-        model: when given, fail fast if `seq_len` exceeds its context or the tokenizer's
-            vocabulary does not match its `vocab_size`.
+        model: when given, fail fast if `seq_len` exceeds its context or a token id does
+            not fit its vocabulary.
+        repeat, start_batch: training data as an endless stream of epochs that starts at
+            batch `start_batch`. Batch `b` of this stream is always the same, which is
+            what lets a training run resume at the exact batch it stopped at.
 
-    Batches are full (`drop_remainder=True`) and prefetched.
+    The corpus is tokenized once and held in memory as int32 ids (4 bytes per token):
+    any batch is then a gather, so resuming costs nothing and no shuffle buffer is
+    needed. Batches are full (`drop_remainder=True`) and prefetched.
     """
     if subset not in SUBSETS:
         raise ValueError(f"Unknown subset {subset!r}; expected one of {SUBSETS}.")
@@ -85,56 +70,74 @@ def lm_dataset(
         raise ValueError(f"validation_split must be between 0 and 1; got {validation_split}.")
     if seq_len < 1 or batch_size < 1:
         raise ValueError(f"seq_len and batch_size must be positive; got {seq_len}, {batch_size}.")
+    if start_batch < 0:
+        raise ValueError(f"start_batch must be at least 0; got {start_batch}.")
     _check_model(model, tokenizer, seq_len)
 
-    tokens = token_stream(source, tokenizer, errors)
-    blocks = packed_blocks(tokens, seq_len)
-    if model is not None:
-        blocks = blocks.map(lambda x, y: _checked_ids((x, y), model.vocab_size))
-
+    ids = token_ids(source, tokenizer, errors)
+    if model is not None and ids.size and ids.max() >= model.vocab_size:
+        raise ValueError(
+            f"The tokenizer gave the id {ids.max()}, at or above the model vocabulary size "
+            f"{model.vocab_size}."
+        )
+    num_blocks = max(len(ids) - 1, 0) // seq_len
+    num_validation = max(1, int(num_blocks * validation_split)) if validation_split else 0
+    num_train = num_blocks - num_validation
+    ids = tf.constant(ids)
+    splits = {
+        "training": _batches(ids, seq_len, 0, num_train, batch_size, "training",
+                             shuffle, seed, repeat, start_batch),
+    }
     if validation_split:
-        total = count_tokens(tokens)
-        num_blocks = max(total - 1, 0) // seq_len
-        num_validation = max(1, int(num_blocks * validation_split))
-        num_train = num_blocks - num_validation
-        splits = {
-            "training": _batched(blocks.take(num_train), num_train, batch_size, seq_len, "training",
-                                 shuffle, shuffle_buffer, seed),
-            "validation": _batched(blocks.skip(num_train).cache(), num_validation, batch_size,
-                                   seq_len, "validation", False, 0, seed),
-        }
-    else:
-        num_blocks = None if isinstance(source, tf.data.Dataset) else _count_at_least(blocks, batch_size)
-        splits = {"training": _batched(blocks, num_blocks, batch_size, seq_len, "training",
-                                       shuffle, shuffle_buffer, seed)}
+        splits["validation"] = _batches(ids, seq_len, num_train, num_validation, batch_size,
+                                        "validation", False, seed, False, 0)
     if subset == "both":
         return splits["training"], splits["validation"]
     return splits[subset]
 
 
-def _checked_ids(block, vocab_size):
-    """`block` (x, y), after checking that its ids fit the model's vocabulary."""
-    for ids in block:
-        tf.debugging.assert_less(
-            ids, vocab_size, message=f"a token id at or above the model vocabulary size {vocab_size}"
+def token_ids(source, tokenizer, errors="strict"):
+    """The whole token stream of `source` (see `token_stream`) as one int32 numpy array."""
+    chunks = token_stream(source, tokenizer, errors).batch(1 << 16).as_numpy_iterator()
+    return np.concatenate([np.zeros([0], np.int32), *chunks])
+
+
+def _batches(ids, seq_len, first, count, batch_size, name, shuffle, seed, repeat, start_batch):
+    """Batches of the blocks `first .. first + count - 1`; batch `b` is a pure function of
+    `b` and the epoch seed, so a stream can start anywhere."""
+    batches_per_epoch = count // batch_size
+    if batches_per_epoch == 0:
+        raise ValueError(
+            f"The {name} data yields {count} block(s) of {seq_len} tokens, fewer than "
+            f"one batch of {batch_size}: use more text, a smaller seq_len or a smaller batch."
         )
-    return block
+    offsets = tf.range(seq_len + 1, dtype=tf.int64)
+
+    def batch_at(b, epoch_seed):
+        rows = (b % batches_per_epoch) * batch_size + tf.range(batch_size, dtype=tf.int64)
+        if shuffle:  # a stateless permutation of all the blocks, new each epoch
+            rows = tf.random.experimental.index_shuffle(
+                rows, tf.stack([tf.constant(seed, tf.int64), epoch_seed]), count - 1
+            )
+        tokens = tf.gather(ids, (first + rows)[:, None] * seq_len + offsets)  # (B, L + 1)
+        return tokens[:, :-1], tokens[:, 1:]
+
+    if repeat:  # epoch e is the e-th permutation, wherever the stream starts
+        batches = tf.data.Dataset.range(start_batch, 2**62)
+        batches = batches.map(lambda b: batch_at(b, b // batches_per_epoch))
+    else:  # each pass over the dataset (each Keras epoch) draws the next epoch seed
+        epoch_seeds = tf.data.Dataset.random(seed, rerandomize_each_iteration=True).take(1)
+        batches = epoch_seeds.flat_map(
+            lambda epoch_seed: tf.data.Dataset.range(start_batch, batches_per_epoch).map(
+                lambda b: batch_at(b, epoch_seed)
+            )
+        )
+    return batches.prefetch(tf.data.AUTOTUNE)
 
 
 def _count_at_least(blocks, n):
     """How many blocks there are, counting no further than `n` (enough to know a batch exists)."""
     return int(blocks.take(n).reduce(0, lambda count, _: count + 1))
-
-
-def _batched(blocks, num_blocks, batch_size, seq_len, name, shuffle, shuffle_buffer, seed):
-    if num_blocks is not None and num_blocks < batch_size:
-        raise ValueError(
-            f"The {name} data yields {num_blocks} block(s) of {seq_len} tokens, fewer than "
-            f"one batch of {batch_size}: use more text, a smaller seq_len or a smaller batch."
-        )
-    if shuffle:
-        blocks = blocks.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    return blocks.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
 def mlm_dataset(

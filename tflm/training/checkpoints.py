@@ -1,0 +1,313 @@
+"""Checkpoints that resume a run exactly where it stopped.
+
+Keras' `BackupAndRestore` restores the epoch and replays it, with another data order. A
+tflm checkpoint holds every variable a training step reads or writes: the model's
+weights and random-seed states, the optimizer's slots and step counter, and the running
+metric totals; with `lm_dataset(..., repeat=True, start_batch=step)` the data position
+is the step itself, so a resumed run computes the same losses as one never interrupted.
+
+Layout of a run's checkpoint directory:
+
+    ckpt-000000250/variables.npz   every variable, in a fixed order
+    ckpt-000000250/state.json      step, variable names and shapes, checksum, trainer state
+    .lock                          held by the trainer writing here
+
+The checkpoints are plain numpy arrays, so they work the same on every Keras backend.
+"""
+
+import fcntl
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import keras
+import numpy as np
+
+PREFIX = "ckpt-"
+GROUPS = ("model", "optimizer", "metrics")
+
+
+class CorruptCheckpoint(Exception):
+    """A checkpoint that cannot be read back as it was written."""
+
+
+def _variables(model):
+    """The variables of each group, in an order that is the same for the same model."""
+    optimizer = model.optimizer
+    if optimizer is not None and not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    return {
+        "model": list(model.variables),  # weights and seed-generator states
+        "optimizer": [] if optimizer is None else list(optimizer.variables),
+        "metrics": list(model.metrics_variables),
+    }
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Checkpoint:
+    """One checkpoint on disk, checked against its checksum when read."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.step = int(self.path.name[len(PREFIX):])
+
+    def read(self):
+        """`(arrays, state)`, or `CorruptCheckpoint` when a file is missing or damaged."""
+        try:
+            state = json.loads((self.path / "state.json").read_text())
+            if _sha256(self.path / "variables.npz") != state["sha256"]:
+                raise CorruptCheckpoint("its variables do not match their checksum")
+            with np.load(self.path / "variables.npz") as f:
+                arrays = {name: f[name] for name in f.files}
+        except CorruptCheckpoint:
+            raise
+        except Exception as error:  # a truncated or half-deleted checkpoint
+            raise CorruptCheckpoint(f"{type(error).__name__}: {error}") from error
+        return arrays, state
+
+    def __repr__(self):
+        return f"Checkpoint({str(self.path)!r})"
+
+
+class CheckpointManager:
+    """The checkpoints of one training run in `directory`.
+
+    Writes are atomic (a temporary folder renamed into place, so a reader never sees a
+    half-written checkpoint); only the newest `keep` are kept; `lock()` makes a second
+    trainer on the same directory fail at once.
+    """
+
+    def __init__(self, directory, keep=3):
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1; got {keep}.")
+        self.directory = Path(directory)
+        self.keep = keep
+        self._lock_file = None
+
+    # -- the lock ---------------------------------------------------------------------
+
+    def lock(self):
+        """Hold the directory for this process until `unlock()` (or the process ends)."""
+        if self._lock_file is not None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        lock_file = open(self.directory / ".lock", "a+")
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock_file.seek(0)
+            owner = lock_file.read().strip() or "unknown"
+            lock_file.close()
+            raise RuntimeError(
+                f"{self.directory} is in use by another trainer (pid {owner}); stop it or "
+                "train into another directory."
+            ) from None
+        lock_file.seek(0)
+        lock_file.truncate()
+        lock_file.write(str(os.getpid()))
+        lock_file.flush()
+        self._lock_file = lock_file
+
+    def unlock(self):
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    # -- reading ----------------------------------------------------------------------
+
+    def checkpoints(self):
+        """The complete checkpoints, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        found = [Checkpoint(p) for p in self.directory.glob(PREFIX + "*") if p.is_dir()]
+        return sorted(found, key=lambda c: c.step)
+
+    def latest(self):
+        """`(checkpoint, arrays, state)` of the newest readable checkpoint, or None.
+
+        A damaged newest checkpoint is skipped with a warning for the one before it.
+        """
+        for checkpoint in reversed(self.checkpoints()):
+            try:
+                return (checkpoint, *checkpoint.read())
+            except CorruptCheckpoint as error:
+                warnings.warn(
+                    f"Checkpoint {checkpoint.path} is damaged ({error}); falling back to the "
+                    "previous one.",
+                    stacklevel=2,
+                )
+        return None
+
+    # -- writing ----------------------------------------------------------------------
+
+    def save(self, model, step, state=None):
+        """Write every variable of `model` (with its optimizer and metrics) as step `step`."""
+        groups = _variables(model)
+        arrays, names = {}, {}
+        for group, variables in groups.items():
+            names[group] = []
+            for i, variable in enumerate(variables):
+                arrays[f"{group}/{i:05d}"] = keras.ops.convert_to_numpy(variable.value)
+                names[group].append([variable.path, list(variable.shape)])
+
+        final = self.directory / f"{PREFIX}{step:09d}"
+        temporary = self.directory / f".tmp-{final.name}-{os.getpid()}"
+        shutil.rmtree(temporary, ignore_errors=True)
+        temporary.mkdir(parents=True)
+        with open(temporary / "variables.npz", "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        record = {"step": step, "sha256": _sha256(temporary / "variables.npz"),
+                  "variables": names, "state": state or {}}
+        with open(temporary / "state.json", "w") as f:
+            json.dump(record, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        if final.exists():  # the same step written again after a resume
+            stale = self.directory / f".old-{final.name}-{os.getpid()}"
+            final.rename(stale)
+            temporary.rename(final)
+            shutil.rmtree(stale)
+        else:
+            temporary.rename(final)
+        for old in self.checkpoints()[: -self.keep]:
+            shutil.rmtree(old.path, ignore_errors=True)
+        return Checkpoint(final)
+
+
+def assign(model, arrays, state, groups=GROUPS):
+    """Set the variables of `groups` of `model` from a checkpoint's arrays.
+
+    A checkpoint of another architecture is an error naming the first variable that
+    differs.
+    """
+    current = _variables(model)
+    for group in groups:
+        saved = state["variables"][group]
+        if len(saved) != len(current[group]):
+            raise ValueError(
+                f"The checkpoint holds {len(saved)} {group} variables but the model has "
+                f"{len(current[group])}: it was written by another configuration."
+            )
+        for i, (variable, (path, shape)) in enumerate(zip(current[group], saved)):
+            if list(variable.shape) != shape:
+                raise ValueError(
+                    f"The checkpoint's {group} variable {path!r} has shape {tuple(shape)} but "
+                    f"the model's {variable.path!r} has shape {tuple(variable.shape)}."
+                )
+            variable.assign(arrays[f"{group}/{i:05d}"])
+
+
+class Checkpointing(keras.callbacks.Callback):
+    """Save checkpoints during `fit`, resume from one, stop cleanly on SIGTERM.
+
+    Every `every_n_steps` optimizer steps (and when training ends) all the variables are
+    written with `manager`. When training begins, the model and optimizer are loaded
+    from `resume_from`: "latest" (the newest readable checkpoint, if any), None, or what
+    `manager.latest()` returned.
+
+    A loss that is not finite stops training with `FloatingPointError`; nothing is
+    saved after the last finite step, so the newest checkpoint is a good one. SIGTERM
+    writes a checkpoint after the current step and stops training (`self.interrupted`).
+
+    Args:
+        manager: a `CheckpointManager`; locked for the duration of `fit`.
+        continue_epoch: the checkpoint was written in the middle of the epoch that `fit`
+            starts with (`fit` then runs only that epoch's remaining steps); its running
+            metric totals are put back, so the epoch's means continue where they were.
+        state: a function returning a JSON-able dict saved with each checkpoint (a
+            trainer's own state, such as the time already spent).
+    """
+
+    def __init__(self, manager, every_n_steps=500, resume_from="latest", continue_epoch=False,
+                 state=None):
+        super().__init__()
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be at least 1; got {every_n_steps}.")
+        self.manager = manager
+        self.every_n_steps = every_n_steps
+        self.resume_from = resume_from
+        self.continue_epoch = continue_epoch
+        self.state = state or dict
+        self.interrupted = False
+        self._pending_metrics = None
+        self._terminate = threading.Event()
+        self._previous_handler = None
+        self._owns_lock = False
+        self._last_saved = None
+
+    @property
+    def step(self):
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def on_train_begin(self, logs=None):
+        self._owns_lock = self.manager._lock_file is None
+        self.manager.lock()
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        latest = self.manager.latest() if self.resume_from == "latest" else self.resume_from
+        self.resume_from = None  # only once, even if fit is called again
+        if latest is not None:
+            checkpoint, arrays, record = latest
+            assign(self.model, arrays, record, groups=("model", "optimizer"))
+            self._last_saved = checkpoint.step
+            if self.continue_epoch:
+                self._pending_metrics = (arrays, record)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._pending_metrics is not None:  # fit reset the metrics just before this
+            assign(self.model, *self._pending_metrics, groups=("metrics",))
+            self._pending_metrics = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        step = self.step
+        if loss is not None and not math.isfinite(loss):
+            self._finish()
+            last = self.manager.checkpoints()
+            where = (f"the last good checkpoint is {last[-1].path}" if last
+                     else "no checkpoint had been written")
+            raise FloatingPointError(
+                f"The loss became {loss} at step {step}; training stopped and {where}."
+            )
+        if self._terminate.is_set():
+            self.save()
+            self.interrupted = True
+            self.model.stop_training = True
+        elif step % self.every_n_steps == 0:
+            self.save()
+
+    def on_train_end(self, logs=None):
+        if self.step != self._last_saved and not self.interrupted:
+            self.save()
+        self._finish()
+
+    def _finish(self):
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+            self._previous_handler = None
+        if self._owns_lock:
+            self.manager.unlock()
+
+    def save(self):
+        self.manager.save(self.model, self.step, {"time": time.time(), **self.state()})
+        self._last_saved = self.step
+
+    def _on_sigterm(self, signum, frame):
+        self._terminate.set()  # acted on after the step that is running
