@@ -230,7 +230,8 @@ class Checkpointing(keras.callbacks.Callback):
         manager: a `CheckpointManager`; locked for the duration of `fit`.
         continue_epoch: the checkpoint was written in the middle of the epoch that `fit`
             starts with (`fit` then runs only that epoch's remaining steps); its running
-            metric totals are put back, so the epoch's means continue where they were.
+            metric totals are put back, so the epoch's means continue where they were
+            (build the metrics first: `model.compute_metrics` on one batch).
         state: a function returning a JSON-able dict saved with each checkpoint (a
             trainer's own state, such as the time already spent).
     """

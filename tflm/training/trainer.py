@@ -92,6 +92,9 @@ def _train(config, start, print_fn, output, manager, chief):
         model.compile(optimizer=optimizer, jit_compile=settings["jit_compile"])
 
     every = settings["eval_every"]
+    if step % every:  # metrics are built at the first step; their totals are restored before
+        x, y = next(iter(train_data.take(1)))
+        model.compute_metrics(x[:1], y[:1], model(x[:1]), sample_weight=None)
     checkpointing = Checkpointing(
         manager, config["output"]["checkpoint_every"], resume_from=latest,
         continue_epoch=step % every != 0,

@@ -1,0 +1,143 @@
+"""`tflm train` as a user runs it: in a subprocess, killed, terminated and resumed."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# A model and run small enough for seconds; eval every 15 steps, checkpoints every 10, so
+# checkpoints fall in the middle of epochs.
+SMALL = [
+    "train.max_minutes=null", "train.max_steps=45", "train.eval_every=15",
+    "train.eval_batches=2", "output.checkpoint_every=10", "output.log_every=1",
+    "output.sample_every=0", "output.sample_tokens=10", "data.seq_len=32",
+    "model.num_layers=1", "model.hidden_dim=32", "model.intermediate_dim=64",
+    "optimizer.warmup_steps=5", "train.verbose=0",
+]
+
+
+def command(output_dir, *overrides):
+    args = [sys.executable, "-m", "tflm", "train"]
+    for override in [*SMALL, f"output.dir={output_dir}", *overrides]:
+        args += ["--set", override]
+    return args
+
+
+def run(output_dir, *overrides):
+    return subprocess.run(command(output_dir, *overrides), cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def start(output_dir, *overrides):
+    return subprocess.Popen(command(output_dir, *overrides), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(path, process, timeout=120):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.stdout.read()
+        assert time.time() < deadline, f"{path} did not appear"
+        time.sleep(0.02)
+
+
+def scalars(log_dir, tag):
+    """step -> value of a TensorBoard scalar; a later write of a step replaces an earlier."""
+    values = []
+    for path in sorted(Path(log_dir).glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values.append((event.wall_time, event.step, float(tf.make_ndarray(value.tensor))))
+    return {step: value for _, step, value in sorted(values)}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    output = tmp_path_factory.mktemp("uninterrupted")
+    result = run(output)
+    assert result.returncode == 0, result.stderr
+    return output, result
+
+
+def test_a_run_writes_logs_checkpoints_config_and_model(uninterrupted):
+    output, result = uninterrupted
+    assert "Trained to step 45" in result.stdout and "validation loss" in result.stdout
+    assert (output / "model.keras").is_file() and (output / "config.yaml").is_file()
+    assert sorted(p.name for p in (output / "checkpoints").glob("ckpt-*")) == [
+        "ckpt-000000030", "ckpt-000000040", "ckpt-000000045"]
+    losses = scalars(output / "logs" / "train", "loss")
+    assert sorted(losses) == list(range(1, 46))
+    assert losses[45] < losses[1]
+    assert set(scalars(output / "logs" / "validation", "loss")) == {15, 30, 45}
+    assert set(scalars(output / "logs" / "train", "tokens_per_second")) == set(range(2, 46))
+    # the saved model evaluates from the shell
+    from tflm.data.corpora import tiny_shakespeare
+
+    text = tiny_shakespeare().read_text()[-20_000:]
+    sample = output / "sample.txt"
+    sample.write_text(text)
+    result = subprocess.run([sys.executable, "-m", "tflm", "eval", "--model",
+                             str(output / "model.keras"), str(sample), "--seq-len", "32"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "nats per token, perplexity" in result.stdout
+
+
+def test_killed_and_restarted_it_continues_with_the_same_losses(uninterrupted, tmp_path):
+    reference = scalars(uninterrupted[0] / "logs" / "train", "loss")
+    process = start(tmp_path)
+    wait_for(tmp_path / "checkpoints" / "ckpt-000000020", process)
+    process.send_signal(signal.SIGKILL)  # no chance to save anything
+    process.wait()
+    assert not (tmp_path / "model.keras").exists()
+
+    result = run(tmp_path)
+    assert result.returncode == 0, result.stderr
+    resumed_at = int(result.stdout.split("(step ")[1].split(")")[0])
+    assert 20 <= resumed_at < 45
+    losses = scalars(tmp_path / "logs" / "train", "loss")
+    assert sorted(losses) == list(range(1, 46))
+    for step in range(resumed_at + 1, 46):
+        assert losses[step] == pytest.approx(reference[step], abs=1e-5), step
+    np.testing.assert_allclose(
+        [scalars(tmp_path / "logs" / "validation", "loss")[s] for s in (30, 45)],
+        [scalars(uninterrupted[0] / "logs" / "validation", "loss")[s] for s in (30, 45)],
+        atol=1e-5)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    process = start(tmp_path)
+    wait_for(tmp_path / "checkpoints" / "ckpt-000000010", process)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+    assert "Stopped by SIGTERM at step" in output
+    step = int(output.split("Stopped by SIGTERM at step ")[1].split(";")[0])
+    assert (tmp_path / "checkpoints" / f"ckpt-{step:09d}").is_dir()
+    assert not (tmp_path / "model.keras").exists()
+    result = run(tmp_path)
+    assert f"Resuming from" in result.stdout and f"(step {step})" in result.stdout
+    assert "Trained to step 45" in result.stdout
+
+
+def test_a_second_trainer_on_the_same_directory_fails_at_once(tmp_path):
+    process = start(tmp_path)
+    try:
+        wait_for(tmp_path / "checkpoints" / ".lock", process)
+        began = time.time()
+        result = run(tmp_path)
+        assert result.returncode != 0
+        assert "is in use by another trainer" in result.stderr
+        assert time.time() - began < 60
+    finally:
+        process.kill()
+        process.wait()
