@@ -132,6 +132,10 @@ def _batches(ids, seq_len, first, count, batch_size, name, shuffle, seed, repeat
                 lambda b: batch_at(b, epoch_seed)
             )
         )
+        # flat_map hides the length, which Keras needs to know an epoch ended as planned
+        batches = batches.apply(
+            tf.data.experimental.assert_cardinality(max(batches_per_epoch - start_batch, 0))
+        )
     return batches.prefetch(tf.data.AUTOTUNE)
 
 

@@ -40,13 +40,17 @@ class CorruptCheckpoint(Exception):
 
 def _variables(model):
     """The variables of each group, in an order that is the same for the same model."""
+    from tflm.training.distribute import is_multi_worker
+
     optimizer = model.optimizer
     if optimizer is not None and not optimizer.built:
         optimizer.build(model.trainable_variables)
     return {
         "model": list(model.variables),  # weights and seed-generator states
         "optimizer": [] if optimizer is None else list(optimizer.variables),
-        "metrics": list(model.metrics_variables),
+        # Reading metric totals across workers is a collective that every worker would
+        # have to join, so a multi-worker run keeps only weights and optimizer state.
+        "metrics": [] if is_multi_worker() else list(model.metrics_variables),
     }
 
 
@@ -234,10 +238,12 @@ class Checkpointing(keras.callbacks.Callback):
             (build the metrics first: `model.compute_metrics` on one batch).
         state: a function returning a JSON-able dict saved with each checkpoint (a
             trainer's own state, such as the time already spent).
+        write: False for the workers of a cluster other than the chief: they resume
+            from the chief's checkpoints and stop with it, but write nothing.
     """
 
     def __init__(self, manager, every_n_steps=500, resume_from="latest", continue_epoch=False,
-                 state=None):
+                 state=None, write=True):
         super().__init__()
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be at least 1; got {every_n_steps}.")
@@ -246,6 +252,7 @@ class Checkpointing(keras.callbacks.Callback):
         self.resume_from = resume_from
         self.continue_epoch = continue_epoch
         self.state = state or dict
+        self.write = write
         self.interrupted = False
         self._pending_metrics = None
         self._terminate = threading.Event()
@@ -258,8 +265,9 @@ class Checkpointing(keras.callbacks.Callback):
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def on_train_begin(self, logs=None):
-        self._owns_lock = self.manager._lock_file is None
-        self.manager.lock()
+        self._owns_lock = self.write and self.manager._lock_file is None
+        if self._owns_lock:
+            self.manager.lock()
         if threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
         latest = self.manager.latest() if self.resume_from == "latest" else self.resume_from
@@ -307,7 +315,8 @@ class Checkpointing(keras.callbacks.Callback):
             self.manager.unlock()
 
     def save(self):
-        self.manager.save(self.model, self.step, {"time": time.time(), **self.state()})
+        if self.write:
+            self.manager.save(self.model, self.step, {"time": time.time(), **self.state()})
         self._last_saved = self.step
 
     def _on_sigterm(self, signum, frame):

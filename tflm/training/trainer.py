@@ -78,6 +78,10 @@ def _train(config, start, print_fn, output, manager, chief):
     else:
         train_data, validation_data = lm_dataset(*args, **options), None
 
+    multi_worker = is_multi_worker()
+    if multi_worker and settings["max_minutes"]:
+        raise ValueError("train.max_minutes cannot be used with several workers: their clocks "
+                         "would stop them at different steps. Set train.max_steps instead.")
     budget = None
     optim = config["optimizer"]
     with strategy.scope():
@@ -92,12 +96,13 @@ def _train(config, start, print_fn, output, manager, chief):
         model.compile(optimizer=optimizer, jit_compile=settings["jit_compile"])
 
     every = settings["eval_every"]
-    if step % every:  # metrics are built at the first step; their totals are restored before
+    continue_epoch = step % every != 0 and not multi_worker
+    if continue_epoch:  # metrics are built at the first step; their totals are restored before
         x, y = next(iter(train_data.take(1)))
         model.compute_metrics(x[:1], y[:1], model(x[:1]), sample_weight=None)
     checkpointing = Checkpointing(
         manager, config["output"]["checkpoint_every"], resume_from=latest,
-        continue_epoch=step % every != 0,
+        continue_epoch=continue_epoch, write=chief,
         state=lambda: {"time_budget": budget.get_state()} if budget else {},
     )
     callbacks = [checkpointing] + ([budget] if budget else [])
@@ -109,17 +114,21 @@ def _train(config, start, print_fn, output, manager, chief):
                 config["output"]["sample_prompt"], config["output"]["sample_every"],
                 config["output"]["sample_tokens"], log_dir=output / "logs",
             ))
-    if is_multi_worker():
+    if multi_worker:
         from tflm.training.multi_worker import fit_multi_worker as fit
     else:
         fit = _fit
 
+    epochs = math.ceil(settings["max_steps"] / every)
+    if step >= epochs * every:
+        print_fn(f"{output} already holds a run trained to step {step}: raise train.max_steps "
+                 "to train further, or choose another output.dir.")
+        return TrainResult(model, step, None, False, None)
     if latest is not None:
         print_fn(f"Resuming from {latest[0].path} (step {step}).")
-    epochs = math.ceil(settings["max_steps"] / every)
     history = fit(model, train_data, validation_data, settings["eval_batches"], callbacks,
                   step, every, epochs, settings["verbose"])
-    final_step = checkpointing.step
+    final_step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     if checkpointing.interrupted:
         print_fn(f"Stopped by SIGTERM at step {final_step}; the checkpoint is in "
                  f"{manager.directory}. Run the same command to resume.")
@@ -132,7 +141,7 @@ def _train(config, start, print_fn, output, manager, chief):
     summary = f"Trained to step {final_step} in {elapsed:.0f} s"
     if val_loss is not None:
         summary += f"; validation loss {val_loss:.4f} (perplexity {math.exp(val_loss):.2f})"
-    print_fn(f"{summary}. Saved {output / 'model.keras'}.")
+    print_fn(f"{summary}." + (f" Saved {output / 'model.keras'}." if chief else ""))
     if config["output"]["sample_prompt"] and model.tokenizer is not None:
         prompt = config["output"]["sample_prompt"]
         text = model.generate(prompt, config["output"]["sample_tokens"], sampler="top_k", k=10,
