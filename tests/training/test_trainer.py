@@ -60,10 +60,20 @@ def scalars(log_dir, tag):
     return {step: value for _, step, value in sorted(values)}
 
 
+def texts(log_dir, tag):
+    found = {}
+    for path in sorted(Path(log_dir).glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    found[event.step] = tf.make_ndarray(value.tensor).item().decode()
+    return found
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     output = tmp_path_factory.mktemp("uninterrupted")
-    result = run(output)
+    result = run(output, "output.sample_every=30", "output.sample_prompt=ROMEO:")
     assert result.returncode == 0, result.stderr
     return output, result
 
@@ -79,6 +89,12 @@ def test_a_run_writes_logs_checkpoints_config_and_model(uninterrupted):
     assert losses[45] < losses[1]
     assert set(scalars(output / "logs" / "validation", "loss")) == {15, 30, 45}
     assert set(scalars(output / "logs" / "train", "tokens_per_second")) == set(range(2, 46))
+    learning_rates = scalars(output / "logs" / "train", "learning_rate")
+    assert learning_rates[1] == pytest.approx(3e-3 / 5, rel=1e-4)  # warmup, then a cosine
+    assert learning_rates[5] == pytest.approx(3e-3, rel=1e-4) and learning_rates[45] < 4e-4
+    samples = texts(output / "logs" / "samples", "sample")
+    assert list(samples) == [30] and samples[30].startswith("ROMEO:")
+    assert "ROMEO:" in result.stdout.split("validation loss")[-1]  # the final sample
     # the saved model evaluates from the shell
     from tflm.data.corpora import tiny_shakespeare
 
@@ -141,3 +157,33 @@ def test_a_second_trainer_on_the_same_directory_fails_at_once(tmp_path):
     finally:
         process.kill()
         process.wait()
+
+
+def test_init_from_continues_training_a_saved_model(uninterrupted, tmp_path):
+    from tflm.training import load_config, train
+
+    overrides = [*SMALL, f"output.dir={tmp_path}", "train.max_steps=15",
+                 f"model.init_from={uninterrupted[0] / 'model.keras'}", "output.sample_prompt="]
+    result = train(load_config(overrides=overrides), print_fn=lambda *_: None)
+    first = scalars(tmp_path / "logs" / "train", "loss")[1]
+    fresh = scalars(uninterrupted[0] / "logs" / "train", "loss")
+    assert first < fresh[1] - 0.5 and first == pytest.approx(fresh[45], abs=0.3)
+    assert result.step == 15
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_trains_in_half_precision_with_float32_weights(policy, tmp_path):
+    import keras
+
+    from tflm.training import load_config, train
+
+    overrides = [*SMALL, f"output.dir={tmp_path}", "train.max_steps=15",
+                 f"train.mixed_precision={policy}", "output.sample_prompt="]
+    result = train(load_config(overrides=overrides), print_fn=lambda *_: None)
+    assert keras.config.dtype_policy().name == "float32"  # put back afterwards
+    model = result.model
+    assert model.dtype_policy.name == policy
+    assert all(v.dtype == "float32" for v in model.trainable_variables)
+    assert np.isfinite(result.val_loss) and result.val_loss < 4.0
+    is_loss_scaled = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert is_loss_scaled == (policy == "mixed_float16")

@@ -109,7 +109,7 @@ def _train(config, start, print_fn, output, manager, chief):
     callbacks.append(ProgressLogs(data["seq_len"] * data["batch_size"]))
     if chief:
         callbacks.append(TensorBoard(output / "logs", config["output"]["log_every"]))
-        if config["output"]["sample_every"]:
+        if config["output"]["sample_every"] and config["output"]["sample_prompt"]:
             callbacks.append(TextSamples(
                 config["output"]["sample_prompt"], config["output"]["sample_every"],
                 config["output"]["sample_tokens"], log_dir=output / "logs",
@@ -181,7 +181,8 @@ def build_model(config):
     else:
         tokenizer = build_tokenizer(config["tokenizer"], config["data"]["train"])
         model = GPT(vocab_size=tokenizer.vocabulary_size(), tokenizer=tokenizer, **settings)
-    model.build((None, config["data"]["seq_len"]))
+    if not model.built:
+        model.build((None, config["data"]["seq_len"]))
     return model
 
 
