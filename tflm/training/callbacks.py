@@ -137,6 +137,7 @@ class TensorBoard(keras.callbacks.Callback):
             for name, value in values.items():
                 if isinstance(value, (int, float)):
                     self._summary.scalar(name, value, step=step)
+        self.writer(run).flush()  # on disk before a checkpoint of this step can be
 
     def on_train_batch_end(self, batch, logs=None):
         step = _step(self.model)
@@ -147,8 +148,6 @@ class TensorBoard(keras.callbacks.Callback):
         validation = {k[4:]: v for k, v in (logs or {}).items() if k.startswith("val_")}
         if validation:
             self._write("validation", validation, _step(self.model))
-        for writer in self._writers.values():
-            writer.flush()
 
     def on_train_end(self, logs=None):
         for writer in self._writers.values():

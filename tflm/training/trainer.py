@@ -105,7 +105,7 @@ def _train(config, start, print_fn, output, manager, chief):
         continue_epoch=continue_epoch, write=chief,
         state=lambda: {"time_budget": budget.get_state()} if budget else {},
     )
-    callbacks = [checkpointing] + ([budget] if budget else [])
+    callbacks = [budget] if budget else []
     callbacks.append(ProgressLogs(data["seq_len"] * data["batch_size"]))
     if chief:
         callbacks.append(TensorBoard(output / "logs", config["output"]["log_every"]))
@@ -114,6 +114,7 @@ def _train(config, start, print_fn, output, manager, chief):
                 config["output"]["sample_prompt"], config["output"]["sample_every"],
                 config["output"]["sample_tokens"], log_dir=output / "logs",
             ))
+    callbacks.append(checkpointing)  # last: a step's logs are written before its checkpoint
     if multi_worker:
         from tflm.training.multi_worker import fit_multi_worker as fit
     else:
