@@ -3,6 +3,7 @@
     tflm train [--config FILE] [--set section.key=value ...]
     tflm eval --model runs/shakespeare-char/model.keras FILE
     tflm generate --model model.keras "ROMEO:" --max-new-tokens 200 --top-p 0.9 --seed 1
+    tflm export --model runs/shakespeare-char/model.keras --name shakespeare [--version 2]
 """
 
 import argparse
@@ -93,6 +94,21 @@ def evaluate(args):
           f"({batches * args.batch_size * seq_len:,} tokens in blocks of {seq_len})")
 
 
+def export(args):
+    from tflm.export import saved_model
+
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", args.name):
+        raise SystemExit(f"tflm: a model name is letters, digits, '_', '-' and '.'; got {args.name!r}.")
+    model = _load_model(args.model)
+    try:
+        path = saved_model(model, f"{args.base_path}/{args.name}", args.version, args.max_new_tokens)
+    except (ValueError, TypeError, FileExistsError) as error:
+        raise SystemExit(f"tflm: {error}") from None
+    print(f"Exported {path}")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="tflm", description="Language models with Keras 3.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +130,15 @@ def build_parser():
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--verbose", type=int, default=0)
     ev.set_defaults(run=evaluate)
+
+    ex = commands.add_parser("export", help="export a saved model as a SavedModel for TF Serving")
+    ex.add_argument("--model", required=True, help="a .keras file saved by tflm")
+    ex.add_argument("--name", required=True, help="the model's name: saved_models/NAME/VERSION")
+    ex.add_argument("--version", type=int, help="default: the next one")
+    ex.add_argument("--base-path", default="saved_models")
+    ex.add_argument("--max-new-tokens", type=int,
+                    help="length of a GPT's serving_default completions (default 64)")
+    ex.set_defaults(run=export)
 
     gen = commands.add_parser("generate", help="continue a prompt with a saved GPT")
     gen.add_argument("prompt")

@@ -54,6 +54,37 @@ def encode_labels(labels, label_names=None, path="the data"):
     return [index[label] for label in labels], label_names
 
 
+def encode_texts(texts, tokenizer, seq_len):
+    """Strings (B,) -> `{"token_ids", "padding_mask"}` (B, T) for an `Encoder`: each text
+    tokenized, cut to fit `seq_len`, wrapped in the tokenizer's bos/eos when it has them
+    ([CLS] ... [SEP] for WordPiece) and padded to the longest in the batch. Graph-safe:
+    the same function serves `classification_dataset` and exported `classify` signatures.
+    """
+    body = _body_length(tokenizer, seq_len)
+    ids = tokenizer.tokenize(texts)
+    if isinstance(ids, list):  # keras-hub tokenizers give Python lists when run eagerly
+        ids = tf.ragged.constant(ids, dtype=tf.int32, ragged_rank=1)
+    elif not isinstance(ids, tf.RaggedTensor):
+        ids = tf.RaggedTensor.from_tensor(ids)
+    ids = tf.cast(ids, tf.int32)[:, :body]
+    def column(token_id):  # (B, 1) of one id, ragged to concatenate with the texts
+        return tf.RaggedTensor.from_tensor(tf.fill([ids.nrows(), 1], tf.constant(token_id, tf.int32)))
+
+    if tokenizer.bos_token_id is not None:
+        ids = tf.concat([column(tokenizer.bos_token_id), ids], axis=1)
+    if tokenizer.eos_token_id is not None:
+        ids = tf.concat([ids, column(tokenizer.eos_token_id)], axis=1)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return {"token_ids": ids.to_tensor(pad), "padding_mask": tf.ones_like(ids, tf.bool).to_tensor(False)}
+
+
+def _body_length(tokenizer, seq_len):
+    body = seq_len - (tokenizer.bos_token_id is not None) - (tokenizer.eos_token_id is not None)
+    if body < 1:
+        raise ValueError(f"seq_len={seq_len} leaves no room for text.")
+    return body
+
+
 def classification_dataset(
     path,
     tokenizer,
@@ -75,27 +106,14 @@ def classification_dataset(
     """
     texts, labels = read_labelled(path, text_column, label_column)
     label_ids, label_names = encode_labels(labels, label_names, path)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    body = seq_len - (bos is not None) - (eos is not None)
-    if body < 1:
-        raise ValueError(f"seq_len={seq_len} leaves no room for text.")
-
-    def encode(text, label):
-        ids = tf.cast(tokenizer.tokenize(text), tf.int32)[:body]
-        if bos is not None:
-            ids = tf.concat([[bos], ids], 0)
-        if eos is not None:
-            ids = tf.concat([ids, [eos]], 0)
-        return {"token_ids": ids, "padding_mask": tf.ones_like(ids, tf.bool)}, label
+    _body_length(tokenizer, seq_len)  # fail before building the pipeline
 
     ds = tf.data.Dataset.from_tensor_slices((texts, tf.constant(label_ids, tf.int32)))
     if shuffle:
         ds = ds.shuffle(min(shuffle_buffer, len(texts)), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(encode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.padded_batch(
-        batch_size,
-        padding_values=({"token_ids": pad, "padding_mask": False}, 0),
+    ds = ds.batch(batch_size).map(
+        lambda texts, labels: (encode_texts(texts, tokenizer, seq_len), labels),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
     ).prefetch(tf.data.AUTOTUNE)
     ds.label_names = label_names
     return ds

@@ -232,7 +232,7 @@ def _make_loop(model, sampler, prefill, beams):
             start = 1  # the recurrent state must not see any row's padding: feed from the start
         else:
             _, cache = model(tokens[:, :prefill], cache=cache, cache_index=0)  # fill the cache
-            start = ops.min(lengths)
+            start = ops.minimum(ops.min(lengths), prefill)  # the first position not yet seen
         in_prompt_position = ops.arange(total)[None, :] < lengths[:, None]
         seen = (
             ops.any(

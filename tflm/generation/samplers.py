@@ -140,6 +140,49 @@ class Beam(Sampler):
         self.length_penalty = length_penalty
 
 
+class PerRow(Sampler):
+    """Temperature, top-k and top-p given for each row, as tensors: the sampler of
+    exported `generate` signatures, whose callers choose them per request.
+
+    Args:
+        temperature: (B,) floats; 0 picks the most likely token (greedy).
+        top_k: (B,) ints; 0 keeps every token.
+        top_p: (B,) floats in (0, 1]; 1 keeps every token. Applied after top-k.
+
+    A row with the settings of `Greedy()`, `Random(t)`, `TopK(k, t)` or `TopP(p, t)`
+    picks what that sampler picks for the same seed.
+    """
+
+    def __init__(self, temperature, top_k, top_p):
+        self.temperature = temperature
+        self.top_k = top_k
+        self.top_p = top_p
+        self.repetition_penalty = 1.0
+
+    def mask(self, logits):
+        vocab = ops.shape(logits)[-1]
+        sorted_logits = ops.top_k(logits, k=vocab)[0]  # descending
+        k = ops.where(self.top_k > 0, ops.minimum(self.top_k, vocab), vocab)  # (B,)
+        kth = ops.take_along_axis(sorted_logits, ops.cast(k - 1, "int32")[:, None], axis=-1)
+        logits = ops.where(logits < kth, _NEG_INF, logits)
+        # top-p over the tokens top-k kept, as TopP.mask
+        sorted_logits = ops.where(ops.arange(vocab)[None, :] < k[:, None], sorted_logits, _NEG_INF)
+        probabilities = ops.softmax(sorted_logits, axis=-1)
+        before = ops.cumsum(probabilities, axis=-1) - probabilities
+        kept = ops.where(before < self.top_p[:, None], sorted_logits, 1e9)
+        threshold = ops.min(kept, axis=-1, keepdims=True)
+        nucleus = ops.where(logits < threshold, _NEG_INF, logits)
+        return ops.where((self.top_p < 1.0)[:, None], nucleus, logits)
+
+    def __call__(self, logits, seed=0, step=0, seen=None):
+        logits = ops.cast(logits, "float32")
+        greedy = self.temperature <= 0
+        scaled = logits / ops.where(greedy, 1.0, self.temperature)[:, None]
+        sampled = self.mask(scaled) + gumbel_noise(seed, step, ops.shape(logits))
+        choice = ops.where(greedy, ops.argmax(logits, axis=-1), ops.argmax(sampled, axis=-1))
+        return ops.cast(choice, "int32")
+
+
 SAMPLERS = {"greedy": Greedy, "random": Random, "top_k": TopK, "top_p": TopP, "beam": Beam}
 
 

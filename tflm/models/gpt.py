@@ -155,7 +155,7 @@ class GPT(keras.Model):
 
     def init_cache(self, batch_size, max_length):
         """Per-block decoding state for `max_length` positions: a list, one entry a block."""
-        if max_length > self.max_sequence_length:
+        if isinstance(max_length, int) and max_length > self.max_sequence_length:
             raise ValueError(
                 f"A decode of {max_length} positions exceeds the model's context of "
                 f"{self.max_sequence_length} tokens."

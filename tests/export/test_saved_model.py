@@ -1,0 +1,156 @@
+"""Exports load without tflm and answer as the library does."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tflm
+from tflm.export import saved_model
+from tflm.models import Classifier, Encoder
+from tflm.tokenizers import WordPieceTokenizer
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMPTS = ["ROMEO:", "JULIET: O Romeo, Romeo", "\n"]
+
+
+@pytest.fixture(scope="module")
+def gpt():
+    keras.utils.set_random_seed(0)
+    model = tflm.GPT.from_preset("shakespeare-char", num_layers=1, hidden_dim=32,
+                                 intermediate_dim=64, max_sequence_length=48)
+    model.build((None, 16))
+    return model
+
+
+@pytest.fixture(scope="module")
+def gpt_export(gpt, tmp_path_factory):
+    return saved_model(gpt, tmp_path_factory.mktemp("exports") / "shakespeare", max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    lines = ["a good movie", "a bad movie", "good acting and a good plot", "bad and dull"] * 10
+    tokenizer = WordPieceTokenizer.train(lines, 60)
+    keras.utils.set_random_seed(0)
+    encoder = Encoder.from_preset("bert-tiny", vocab_size=tokenizer.vocabulary_size(),
+                                  max_sequence_length=32)
+    model = Classifier(encoder, 2, label_names=["negative", "positive"], tokenizer=tokenizer)
+    model.build({"token_ids": (None, 8), "padding_mask": (None, 8)})
+    return model
+
+
+def run_without_tflm(code):
+    """Run `code` in a fresh Python where `import tflm` fails; return its JSON output."""
+    script = "import sys\nsys.modules['tflm'] = None\n" + textwrap.dedent(code)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300, cwd="/")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def generate_inputs(n, max_new_tokens, temperature, top_k, top_p, seed):
+    return dict(max_new_tokens=[max_new_tokens] * n, temperature=[temperature] * n,
+                top_k=[top_k] * n, top_p=[top_p] * n, seed=[seed] * n)
+
+
+def test_gpt_export_matches_the_library_in_a_process_without_tflm(gpt, gpt_export):
+    settings = {  # name: (signature inputs, the same as a library sampler)
+        "greedy": (generate_inputs(3, 12, 0.0, 0, 1.0, 0), dict(sampler="greedy")),
+        "top_k": (generate_inputs(3, 10, 0.8, 5, 1.0, 7), dict(sampler="top_k", k=5, temperature=0.8, seed=7)),
+        "top_p": (generate_inputs(3, 10, 1.0, 0, 0.9, 3), dict(sampler="top_p", p=0.9, seed=3)),
+    }
+    token_ids = np.random.default_rng(0).integers(0, 65, (2, 9)).astype("int32")
+    outputs = run_without_tflm(f"""
+        import json
+        import tensorflow as tf
+        model = tf.saved_model.load({str(gpt_export)!r})
+        prompts = tf.constant({PROMPTS!r})
+        results = {{"default": [t.decode() for t in model.signatures["serving_default"](prompts=prompts)["completions"].numpy()]}}
+        for name, inputs in {json.dumps({k: v[0] for k, v in settings.items()})}.items():
+            inputs = {{k: tf.constant(v, tf.float32 if k in ("temperature", "top_p") else tf.int32) for k, v in inputs.items()}}
+            out = model.signatures["generate"](prompts=prompts, **inputs)["completions"]
+            results[name] = [t.decode() for t in out.numpy()]
+        results["logits"] = model.signatures["logits"](token_ids=tf.constant({token_ids.tolist()!r}))["logits"].numpy().tolist()
+        print(json.dumps(results))
+    """)
+    assert outputs["default"] == gpt.generate(PROMPTS, 12)
+    for name, (inputs, sampler) in settings.items():
+        assert outputs[name] == gpt.generate(PROMPTS, inputs["max_new_tokens"][0], **sampler), name
+    np.testing.assert_allclose(outputs["logits"], keras.ops.convert_to_numpy(gpt(token_ids)), atol=1e-5)
+
+
+def test_classifier_export_matches_the_library(classifier, tmp_path):
+    path = saved_model(classifier, tmp_path / "sentiment")
+    texts = ["a good movie", "bad and dull acting", "plot"]
+    outputs = run_without_tflm(f"""
+        import json
+        import tensorflow as tf
+        import tensorflow_text  # noqa: F401  (the WordPiece op)
+        out = tf.saved_model.load({str(path)!r}).signatures["classify"](texts=tf.constant({texts!r}))
+        print(json.dumps({{"probabilities": out["probabilities"].numpy().tolist(),
+                          "labels": [label.decode() for label in out["labels"].numpy()]}}))
+    """)
+    from tflm.data.classification import encode_texts
+
+    logits = classifier(encode_texts(tf.constant(texts), classifier.tokenizer, 32))
+    expected = keras.ops.convert_to_numpy(keras.ops.softmax(logits))
+    np.testing.assert_allclose(outputs["probabilities"], expected, atol=1e-5)
+    assert outputs["labels"] == [["negative", "positive"][i] for i in expected.argmax(-1)]
+
+
+def test_versions_count_up_and_are_never_overwritten(gpt, tmp_path):
+    base = tmp_path / "model"
+    assert saved_model(gpt, base) == base / "1"
+    assert saved_model(gpt, base) == base / "2"
+    assert saved_model(gpt, base, version=7) == base / "7"
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        saved_model(gpt, base, version=2)
+    assert sorted(p.name for p in base.iterdir()) == ["1", "2", "7"]  # no temporary folders
+
+
+def test_saved_model_cli_lists_the_signatures(gpt_export):
+    result = subprocess.run(["saved_model_cli", "show", "--dir", str(gpt_export), "--all"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for name in ("serving_default", "generate", "logits"):
+        assert f"signature_def['{name}']" in result.stdout
+    for name in ("prompts", "max_new_tokens", "temperature", "top_k", "top_p", "seed",
+                 "completions", "token_ids"):
+        assert f"['{name}'] tensor_info" in result.stdout
+
+
+def test_long_prompts_are_cut_and_bad_settings_are_errors(gpt, gpt_export):
+    model = tf.saved_model.load(str(gpt_export))
+    long = "ROMEO: " * 20  # 140 characters, context 48
+    out = model.signatures["serving_default"](prompts=tf.constant([long]))["completions"]
+    room = 48 - 12
+    assert out.numpy()[0].decode() == gpt.generate(long[-room:], 12)
+    inputs = {k: tf.constant(v) for k, v in generate_inputs(1, 10, 1.0, 0, 1.0, 0).items()}
+    for name, value, message in [("top_p", [0.0], "top_p must be above 0"),
+                                 ("max_new_tokens", [48], "below the context of 48"),
+                                 ("top_k", [-1], "top_k must be at least 0"),
+                                 ("prompts", [""], "a prompt is empty")]:  # no EOS to start from
+        bad = {"prompts": tf.constant(["ROMEO:"]), **inputs}
+        bad[name] = tf.constant(value, bad[name].dtype)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            model.signatures["generate"](**bad)
+
+
+def test_export_from_the_shell(gpt, tmp_path):
+    gpt.save(tmp_path / "model.keras")
+    result = subprocess.run([sys.executable, "-m", "tflm", "export", "--model", str(tmp_path / "model.keras"),
+                             "--name", "shakespeare", "--base-path", str(tmp_path / "saved")],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "saved" / "shakespeare" / "1" / "saved_model.pb").is_file()
+    result = subprocess.run([sys.executable, "-m", "tflm", "export", "--model", str(tmp_path / "model.keras"),
+                             "--name", "../escape", "--base-path", str(tmp_path / "saved")],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode != 0 and "a model name is" in result.stderr

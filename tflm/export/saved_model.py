@@ -1,0 +1,182 @@
+"""Versioned SavedModels for TF Serving, with tokenization and decoding inside the graph.
+
+    saved_models/NAME/1/    saved_model.pb, variables/, assets/
+    saved_models/NAME/2/    the next export; TF Serving serves the highest version
+
+Signatures (B is the batch; every input has it, so TF Serving's row format works):
+
+GPT
+    generate         prompts string [B], max_new_tokens int32 [B], temperature float32 [B],
+                     top_k int32 [B], top_p float32 [B], seed int32 [B]
+                     -> completions string [B] (the new text only)
+                     temperature 0 is greedy; top_k 0 and top_p 1 switch those off.
+    serving_default  prompts string [B] -> completions string [B]: greedy, the
+                     `max_new_tokens` given at export.
+    logits           token_ids int32 [B, T] -> logits float32 [B, T, vocab_size]
+Classifier
+    classify = serving_default
+                     texts string [B] -> probabilities float32 [B, C], labels string [B]
+
+A prompt longer than the context leaves room for is cut to its last tokens; bad
+settings (max_new_tokens outside 1 .. context - 1, top_p outside (0, 1], a negative
+top_k or temperature) fail the request with an InvalidArgument error.
+The export needs TensorFlow to load (and tensorflow-text for WordPiece), not tflm.
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from tflm.data.classification import encode_texts
+from tflm.generation.decode import LENGTH_BUCKET, MAX_STOP_TOKENS, _make_loop
+from tflm.generation.samplers import PerRow
+from tflm.models import GPT, Classifier
+
+PREFILL = 16  # prompt tokens fed in one call before the token-by-token loop
+
+
+def saved_model(model, base_path, version=None, max_new_tokens=None):
+    """Export `model` (a GPT or Classifier with its tokenizer) as `base_path/<version>/`.
+
+    `version` defaults to the next integer after those present. The SavedModel is written
+    into a temporary folder and renamed into place, so a server watching `base_path`
+    never sees a half-written version; an existing version is never overwritten.
+    `max_new_tokens` is the length of a GPT's `serving_default` completions (default 64,
+    or less when the context is shorter).
+    Returns the version's path.
+    """
+    if getattr(model, "tokenizer", None) is None:
+        raise ValueError("Only a model with a tokenizer can be exported: its signatures take text.")
+    if isinstance(model, GPT):
+        archive = _gpt_archive(model, max_new_tokens)
+    elif isinstance(model, Classifier):
+        archive = _classifier_archive(model)
+    else:
+        raise TypeError(f"Cannot export a {type(model).__name__}; expected a GPT or a Classifier.")
+
+    base = Path(base_path)
+    base.mkdir(parents=True, exist_ok=True)
+    if version is None:
+        versions = [int(p.name) for p in base.iterdir() if p.name.isdigit()]
+        version = max(versions, default=0) + 1
+    if int(version) < 1:
+        raise ValueError(f"A version is a positive integer; got {version}.")
+    final = base / str(int(version))
+    if final.exists():
+        raise FileExistsError(f"{final} exists; a version is never overwritten: choose another.")
+    temporary = base / f".tmp-{int(version)}-{os.getpid()}"
+    shutil.rmtree(temporary, ignore_errors=True)
+    try:
+        archive.write_out(str(temporary), verbose=False)
+        temporary.rename(final)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    return final
+
+
+def _gpt_archive(model, max_new_tokens):
+    context = model.max_sequence_length
+    max_new_tokens = min(64, context - 1) if max_new_tokens is None else max_new_tokens
+    if not 1 <= max_new_tokens < context:
+        raise ValueError(f"max_new_tokens must be between 1 and {context - 1}.")
+    tokenizer = model.tokenizer
+    eos = tokenizer.eos_token_id
+    stops = tf.constant(([eos] if eos is not None else []) + [-1] * (MAX_STOP_TOKENS - (eos is not None)),
+                        tf.int32)
+
+    def generate(prompts, max_new_tokens, temperature, top_k, top_p, seed):
+        _check_settings(context, max_new_tokens, temperature, top_k, top_p)
+        ids = _prompt_ids(tokenizer, prompts, context - max_new_tokens)
+        lengths = tf.cast(ids.row_lengths(), tf.int32)
+        ends = lengths + max_new_tokens
+        total = tf.minimum(-(-tf.reduce_max(ends) // LENGTH_BUCKET) * LENGTH_BUCKET, context)
+        buffer = ids.to_tensor(0, shape=tf.stack([ids.nrows(), tf.cast(total, tf.int64)]))
+        sampler = PerRow(temperature, top_k, top_p)
+        loop = tf.function(_make_loop(model, sampler, PREFILL, beams=1), jit_compile=True)
+        tokens, _ = loop(buffer, lengths, max_new_tokens, seed, stops)
+        positions = tf.range(total)[None, :]
+        generated = (positions >= lengths[:, None]) & (positions < ends[:, None])
+        stopped = tf.reduce_any(tokens[..., None] == stops[None, None, :], axis=-1) & generated
+        first_stop = tf.where(tf.reduce_any(stopped, axis=1),
+                              tf.argmax(tf.cast(stopped, tf.int32), axis=1, output_type=tf.int32), ends)
+        kept = tf.ragged.boolean_mask(tokens, generated & (positions < first_stop[:, None]))
+        return {"completions": _as_strings(tokenizer.detokenize(kept))}
+
+    def serving_default(prompts):
+        batch = tf.shape(prompts)[0]
+        return generate(prompts, tf.fill([batch], max_new_tokens), tf.zeros([batch]),
+                        tf.zeros([batch], tf.int32), tf.ones([batch]), tf.zeros([batch], tf.int32))
+
+    def logits(token_ids):
+        return {"logits": tf.cast(model(token_ids), tf.float32)}
+
+    archive = _archive(model, tokenizer)
+    rows = lambda dtype: tf.TensorSpec([None], dtype)  # noqa: E731
+    archive.add_endpoint("serving_default", serving_default, [rows(tf.string)])
+    archive.add_endpoint("generate", generate, [rows(tf.string), rows(tf.int32), rows(tf.float32),
+                                                rows(tf.int32), rows(tf.float32), rows(tf.int32)])
+    archive.add_endpoint("logits", logits, [tf.TensorSpec([None, None], tf.int32)])
+    return archive
+
+
+def _classifier_archive(model):
+    tokenizer = model.tokenizer
+    names = model.label_names or [str(i) for i in range(model.num_classes)]
+    label_names = tf.constant(names)
+    seq_len = model.encoder.max_sequence_length
+
+    def classify(texts):
+        logits = model(encode_texts(texts, tokenizer, seq_len))
+        probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+        return {"probabilities": probabilities,
+                "labels": tf.gather(label_names, tf.argmax(probabilities, axis=-1))}
+
+    archive = _archive(model, tokenizer)
+    archive.add_endpoint("serving_default", classify, [tf.TensorSpec([None], tf.string)])
+    archive.add_endpoint("classify", classify, [tf.TensorSpec([None], tf.string)])
+    return archive
+
+
+def _archive(model, tokenizer):
+    """An ExportArchive holding the model and the tokenizer's tables and vocabulary files."""
+    if not tokenizer.built:  # a tokenizer has no weights; Keras exports only built layers
+        tokenizer.build(None)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.track(tokenizer)
+    return archive
+
+
+def _check_settings(context, max_new_tokens, temperature, top_k, top_p):
+    tf.debugging.assert_greater_equal(max_new_tokens, 1, message="max_new_tokens must be at least 1")
+    tf.debugging.assert_less(max_new_tokens, context,
+                             message=f"max_new_tokens must be below the context of {context}")
+    tf.debugging.assert_non_negative(temperature, message="temperature must be at least 0")
+    tf.debugging.assert_non_negative(top_k, message="top_k must be at least 0")
+    tf.debugging.assert_greater(top_p, 0.0, message="top_p must be above 0")
+    tf.debugging.assert_less_equal(top_p, 1.0, message="top_p must be at most 1")
+
+
+def _prompt_ids(tokenizer, prompts, room):
+    """Ragged (B, None) int32 ids; an empty prompt is the EOS token, and a prompt longer
+    than its row's `room` keeps its last `room` tokens."""
+    ids = tokenizer.tokenize(prompts)
+    if not isinstance(ids, tf.RaggedTensor):
+        ids = tf.RaggedTensor.from_tensor(ids)
+    ids = tf.cast(ids, tf.int32)
+    if tokenizer.eos_token_id is not None:  # an empty prompt starts a document
+        empty = tf.cast(ids.row_lengths() == 0, tf.int64)
+        eos = tf.fill([tf.reduce_sum(empty)], tf.constant(tokenizer.eos_token_id, tf.int32))
+        ids = tf.concat([ids, tf.RaggedTensor.from_row_lengths(eos, empty)], axis=1)
+    tf.debugging.assert_positive(ids.row_lengths(), message="a prompt is empty")
+    lengths = tf.cast(ids.row_lengths(), tf.int32)
+    kept = tf.minimum(lengths, room)
+    starts = tf.cast(ids.row_starts(), tf.int32) + lengths - kept
+    return tf.gather(ids.flat_values, tf.ragged.range(starts, starts + kept))
+
+
+def _as_strings(text):
+    return text if text.dtype == tf.string else tf.strings.as_string(text)
