@@ -4,6 +4,7 @@
     tflm eval --model runs/shakespeare-char/model.keras FILE
     tflm generate --model model.keras "ROMEO:" --max-new-tokens 200 --top-p 0.9 --seed 1
     tflm export --model runs/shakespeare-char/model.keras --name shakespeare [--version 2]
+    tflm serve --model_base_path saved_models/shakespeare [--port 8501]
 """
 
 import argparse
@@ -109,6 +110,25 @@ def export(args):
     print(f"Exported {path}")
 
 
+def serve(args):
+    from pathlib import Path
+
+    from tflm.export import Server
+
+    name = args.model_name or Path(args.model_base_path).resolve().name
+    try:
+        server = Server(args.model_base_path, name, args.port, args.host, args.max_body_bytes,
+                        args.max_batch_size)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"tflm: {error}") from None
+    print(f"Serving {name!r} (versions {server.models.versions()}) from {args.model_base_path} "
+          f"at http://{args.host}:{server.port}/v1/models/{name}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.shutdown()
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="tflm", description="Language models with Keras 3.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -139,6 +159,16 @@ def build_parser():
     ex.add_argument("--max-new-tokens", type=int,
                     help="length of a GPT's serving_default completions (default 64)")
     ex.set_defaults(run=export)
+
+    sv = commands.add_parser("serve", help="serve SavedModels with TF Serving's REST API")
+    sv.add_argument("--model_base_path", "--model-base-path", required=True,
+                    help="the folder of the model's versions (saved_models/NAME)")
+    sv.add_argument("--model_name", "--model-name", help="the name in URLs (default: the folder's)")
+    sv.add_argument("--port", "--rest_api_port", type=int, default=8501)
+    sv.add_argument("--host", default="0.0.0.0")
+    sv.add_argument("--max_body_bytes", "--max-body-bytes", type=int, default=1 << 20)
+    sv.add_argument("--max_batch_size", "--max-batch-size", type=int, default=64)
+    sv.set_defaults(run=serve)
 
     gen = commands.add_parser("generate", help="continue a prompt with a saved GPT")
     gen.add_argument("prompt")

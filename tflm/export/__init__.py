@@ -2,5 +2,6 @@
 TF Serving loads, and `tflm serve`, a server of TF Serving's REST API for them."""
 
 from tflm.export.saved_model import saved_model
+from tflm.export.server import Server
 
-__all__ = ["saved_model"]
+__all__ = ["Server", "saved_model"]
