@@ -42,7 +42,8 @@ def shakespeare(exports):
 
 
 def request(server, method, path, body=None, raw=None):
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+    """(status, JSON answer) from `server` (a Server or a port)."""
+    connection = http.client.HTTPConnection("127.0.0.1", getattr(server, "port", server), timeout=120)
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     connection.request(method, path, body=data, headers={"Content-Type": "application/json"})
     response = connection.getresponse()
@@ -195,3 +196,29 @@ def test_concurrent_requests_get_their_own_answers(sentiment):
         assert answer["predictions"][0]["labels"] == expected[text]["predictions"][0]["labels"]
         np.testing.assert_allclose(answer["predictions"][0]["probabilities"],
                                    expected[text]["predictions"][0]["probabilities"], atol=1e-6)
+
+
+def test_tflm_serve_from_the_shell(exports):
+    import socket
+    import subprocess
+    import sys
+
+    from tests.export.test_saved_model import ROOT
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tflm", "serve", "--model_base_path", str(exports / "sentiment"),
+         "--port", str(port), "--host", "127.0.0.1"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert "Serving 'sentiment' (versions [1])" in process.stdout.readline()
+        status, answer = request(port, "POST", "/v1/models/sentiment:predict", {"instances": ["good"]})
+        assert status == 200 and answer["predictions"][0]["labels"] in ("negative", "positive")
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    missing = subprocess.run([sys.executable, "-m", "tflm", "serve", "--model_base_path", "/nonexistent"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0 and "No model base path" in missing.stderr
