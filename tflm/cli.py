@@ -5,6 +5,7 @@
     tflm generate --model model.keras "ROMEO:" --max-new-tokens 200 --top-p 0.9 --seed 1
     tflm export --model runs/shakespeare-char/model.keras --name shakespeare [--version 2]
     tflm serve --model_base_path saved_models/shakespeare [--port 8501]
+    tflm convert path/to/hf-model --output model.keras
 """
 
 import argparse
@@ -129,6 +130,17 @@ def serve(args):
         server.shutdown()
 
 
+def convert(args):
+    from tflm.convert import from_huggingface
+
+    try:
+        model = from_huggingface(args.directory)
+    except (OSError, ValueError, KeyError, ImportError) as error:
+        raise SystemExit(f"tflm: {error}") from None
+    model.save(args.output)
+    print(f"Saved {type(model).__name__} ({model.count_params():,} parameters) to {args.output}")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="tflm", description="Language models with Keras 3.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -169,6 +181,11 @@ def build_parser():
     sv.add_argument("--max_body_bytes", "--max-body-bytes", type=int, default=1 << 20)
     sv.add_argument("--max_batch_size", "--max-batch-size", type=int, default=64)
     sv.set_defaults(run=serve)
+
+    cv = commands.add_parser("convert", help="import a Hugging Face checkpoint (BERT, MiniLM, GPT-2)")
+    cv.add_argument("directory", help="config.json, model.safetensors and the tokenizer's files")
+    cv.add_argument("--output", required=True, help="the .keras file to write")
+    cv.set_defaults(run=convert)
 
     gen = commands.add_parser("generate", help="continue a prompt with a saved GPT")
     gen.add_argument("prompt")

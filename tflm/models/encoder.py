@@ -4,6 +4,11 @@ import keras
 from keras import ops
 
 from tflm.layers import TokenAndPositionEmbedding, TransformerBlock, normalization
+from tflm.models.attached_tokenizer import (
+    check_tokenizer,
+    deserialize_tokenizer,
+    serialize_tokenizer,
+)
 from tflm.models.presets import ENCODER_PRESETS, resolve_preset
 
 
@@ -41,6 +46,8 @@ class Encoder(keras.Model):
     Outputs: a dict with `"sequence_output"` (B, T, C) and `"pooled_output"` (B, C), the
     tanh-projected vector of the first ([CLS]) token, as BERT.
 
+    A `tokenizer` can travel with the encoder (saved in its `.keras` file), as with `GPT`.
+
     `norm_position="post"` is BERT's layout (a norm after the embeddings and after each
     residual); `"pre"` normalizes each sublayer's input and adds a final norm.
 
@@ -66,9 +73,12 @@ class Encoder(keras.Model):
         layer_norm_epsilon=1e-12,
         dropout=0.1,
         use_bias=True,
+        tokenizer=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.tokenizer = deserialize_tokenizer(tokenizer)
+        check_tokenizer(self.tokenizer, vocab_size)
         if hidden_dim % num_heads:
             raise ValueError(f"num_heads={num_heads} must divide hidden_dim={hidden_dim}.")
         self.vocab_size = vocab_size
@@ -196,4 +206,5 @@ class Encoder(keras.Model):
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "dropout": self.dropout,
             "use_bias": self.use_bias,
+            "tokenizer": serialize_tokenizer(self.tokenizer),
         }
