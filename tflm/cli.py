@@ -64,8 +64,9 @@ def generate(args):
 def train(args):
     from tflm.training import load_config, train
 
+    overrides = list(args.set) + ([f"model.init_from={args.init_from}"] if args.init_from else [])
     try:
-        config = load_config(args.config, args.set)
+        config = load_config(args.config, overrides)
     except (OSError, ValueError, KeyError) as error:
         raise SystemExit(f"tflm: {error}") from None
     try:
@@ -153,6 +154,8 @@ def build_parser():
                                      "(default: shakespeare-char)")
     tr.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override one config value (repeatable), e.g. optimizer.lr=1e-3")
+    tr.add_argument("--init-from", help="continue training a saved .keras GPT (an imported "
+                                        "checkpoint too): same as --set model.init_from=PATH")
     tr.set_defaults(run=train)
 
     ev = commands.add_parser("eval", help="loss and perplexity of a saved GPT on a text file")
