@@ -2,10 +2,12 @@
 
 from tflm.models.encoder import Encoder
 from tflm.models.gpt import GPT
+from tflm.models.lora import enable_lora, merge_lora
 from tflm.models.metrics import Perplexity
 from tflm.models.presets import ENCODER_PRESETS, GPT_PRESETS
 from tflm.models.tasks import Classifier, MaskedLM
 
 __all__ = [
-    "Classifier", "ENCODER_PRESETS", "Encoder", "GPT", "GPT_PRESETS", "MaskedLM", "Perplexity"
+    "Classifier", "ENCODER_PRESETS", "Encoder", "GPT", "GPT_PRESETS", "MaskedLM", "Perplexity",
+    "enable_lora", "merge_lora",
 ]
