@@ -6,6 +6,7 @@
     tflm export --model runs/shakespeare-char/model.keras --name shakespeare [--version 2]
     tflm serve --model_base_path saved_models/shakespeare [--port 8501]
     tflm convert path/to/hf-model --output model.keras
+    tflm finetune --pretrained path/to/hf-model --train train.tsv [--valid valid.tsv]
 """
 
 import argparse
@@ -142,6 +143,20 @@ def convert(args):
     print(f"Saved {type(model).__name__} ({model.count_params():,} parameters) to {args.output}")
 
 
+def finetune(args):
+    from tflm.training.finetune import finetune
+
+    try:
+        finetune(args.pretrained, args.train, args.valid, args.output, args.text_column,
+                 args.label_column, seq_len=args.seq_len, batch_size=args.batch_size,
+                 learning_rate=args.learning_rate, warmup=args.warmup, epochs=args.epochs,
+                 layer_decay=args.layer_decay, eval_every=args.eval_every, patience=args.patience,
+                 seed=args.seed)
+    except (OSError, ValueError, KeyError, ImportError) as error:
+        raise SystemExit(f"tflm: {error}") from None
+    print(f"Saved {args.output}")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="tflm", description="Language models with Keras 3.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -189,6 +204,24 @@ def build_parser():
     cv.add_argument("directory", help="config.json, model.safetensors and the tokenizer's files")
     cv.add_argument("--output", required=True, help="the .keras file to write")
     cv.set_defaults(run=convert)
+
+    ft = commands.add_parser("finetune", help="fine-tune a pretrained encoder as a text classifier")
+    ft.add_argument("--pretrained", required=True, help="a Hugging Face directory or a .keras Encoder")
+    ft.add_argument("--train", required=True, help="labelled CSV, TSV or JSONL")
+    ft.add_argument("--valid", help="labelled validation file (default: 10%% of --train held out)")
+    ft.add_argument("--text-column", default="text")
+    ft.add_argument("--label-column", default="label")
+    ft.add_argument("--output", default="classifier.keras")
+    ft.add_argument("--seq-len", type=int, default=128, help="longest text in tokens")
+    ft.add_argument("--batch-size", type=int, default=32)
+    ft.add_argument("--learning-rate", type=float, default=1e-4)
+    ft.add_argument("--warmup", type=float, default=0.06, help="fraction of the steps")
+    ft.add_argument("--epochs", type=int, default=1)
+    ft.add_argument("--layer-decay", type=float, help="layer-wise learning-rate decay, e.g. 0.9")
+    ft.add_argument("--eval-every", type=int, default=200, help="steps between validations")
+    ft.add_argument("--patience", type=int, default=3, help="validations without improvement")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.set_defaults(run=finetune)
 
     gen = commands.add_parser("generate", help="continue a prompt with a saved GPT")
     gen.add_argument("prompt")

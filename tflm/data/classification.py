@@ -54,10 +54,11 @@ def encode_labels(labels, label_names=None, path="the data"):
     return [index[label] for label in labels], label_names
 
 
-def encode_texts(texts, tokenizer, seq_len):
+def encode_texts(texts, tokenizer, seq_len, pad_to_multiple_of=1):
     """Strings (B,) -> `{"token_ids", "padding_mask"}` (B, T) for an `Encoder`: each text
     tokenized, cut to fit `seq_len`, wrapped in the tokenizer's bos/eos when it has them
-    ([CLS] ... [SEP] for WordPiece) and padded to the longest in the batch. Graph-safe:
+    ([CLS] ... [SEP] for WordPiece) and padded to the longest in the batch, rounded up to
+    `pad_to_multiple_of` (few distinct lengths, so XLA compiles few shapes). Graph-safe:
     the same function serves `classification_dataset` and exported `classify` signatures.
     """
     body = _body_length(tokenizer, seq_len)
@@ -75,7 +76,11 @@ def encode_texts(texts, tokenizer, seq_len):
     if tokenizer.eos_token_id is not None:
         ids = tf.concat([ids, column(tokenizer.eos_token_id)], axis=1)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return {"token_ids": ids.to_tensor(pad), "padding_mask": tf.ones_like(ids, tf.bool).to_tensor(False)}
+    longest = tf.reduce_max(ids.row_lengths())
+    length = tf.minimum(-(-longest // pad_to_multiple_of) * pad_to_multiple_of, seq_len)
+    shape = tf.stack([ids.nrows(), tf.cast(length, tf.int64)])
+    return {"token_ids": ids.to_tensor(pad, shape=shape),
+            "padding_mask": tf.ones_like(ids, tf.bool).to_tensor(False, shape=shape)}
 
 
 def _body_length(tokenizer, seq_len):
@@ -86,7 +91,7 @@ def _body_length(tokenizer, seq_len):
 
 
 def classification_dataset(
-    path,
+    source,
     tokenizer,
     text_column="text",
     label_column="label",
@@ -96,15 +101,21 @@ def classification_dataset(
     shuffle=True,
     seed=0,
     shuffle_buffer=100_000,
+    pad_to_multiple_of=1,
 ):
-    """Batches `({"token_ids", "padding_mask"}, label)` from a CSV, TSV or JSONL file.
+    """Batches `({"token_ids", "padding_mask"}, label)` from a CSV, TSV or JSONL file, or
+    from a `(texts, labels)` pair of lists.
 
     Texts are tokenized, wrapped in the tokenizer's bos/eos when it has them ([CLS] ...
     [SEP] for WordPiece), cut to `seq_len` and padded per batch to the batch's longest
-    text (dynamic padding). The dataset's `label_names` attribute lists the class names,
+    text, rounded up to `pad_to_multiple_of` (dynamic padding; a multiple of 8 or 16 keeps
+    the shapes XLA compiles few). The dataset's `label_names` attribute lists the class names,
     index by index, as `keras.utils.text_dataset_from_directory` does.
     """
-    texts, labels = read_labelled(path, text_column, label_column)
+    if isinstance(source, tuple):
+        texts, labels, path = list(source[0]), [str(label) for label in source[1]], "the data"
+    else:
+        (texts, labels), path = read_labelled(source, text_column, label_column), source
     label_ids, label_names = encode_labels(labels, label_names, path)
     _body_length(tokenizer, seq_len)  # fail before building the pipeline
 
@@ -112,7 +123,7 @@ def classification_dataset(
     if shuffle:
         ds = ds.shuffle(min(shuffle_buffer, len(texts)), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).map(
-        lambda texts, labels: (encode_texts(texts, tokenizer, seq_len), labels),
+        lambda texts, labels: (encode_texts(texts, tokenizer, seq_len, pad_to_multiple_of), labels),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
     ).prefetch(tf.data.AUTOTUNE)
     ds.label_names = label_names

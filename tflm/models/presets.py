@@ -110,6 +110,7 @@ ENCODER_PRESETS = {
         layer_norm_epsilon=1e-12,
         dropout=0.1,
         use_bias=True,
+        tokenizer=None,  # a WordPiece vocabulary comes with pretrained weights (tflm.convert)
     ),
     # BERT base (110M parameters).
     "bert-base": dict(
@@ -127,6 +128,7 @@ ENCODER_PRESETS = {
         layer_norm_epsilon=1e-12,
         dropout=0.1,
         use_bias=True,
+        tokenizer=None,  # a WordPiece vocabulary comes with pretrained weights (tflm.convert)
     ),
 }
 

@@ -22,14 +22,19 @@ class _EncoderTask(keras.Model):
         if not isinstance(encoder, Encoder):
             raise TypeError(f"Expected a tflm.models.Encoder; got {type(encoder).__name__}.")
         self.encoder = encoder
-        self.tokenizer = deserialize_tokenizer(tokenizer)
-        check_tokenizer(self.tokenizer, encoder.vocab_size)
+        self._tokenizer = deserialize_tokenizer(tokenizer)
+        check_tokenizer(self._tokenizer, encoder.vocab_size)
+
+    @property
+    def tokenizer(self):
+        """The task's own tokenizer, or else its encoder's (kept once, in the encoder)."""
+        return self._tokenizer if self._tokenizer is not None else self.encoder.tokenizer
 
     def get_config(self):
         return {
             **super().get_config(),
             "encoder": keras.saving.serialize_keras_object(self.encoder),
-            "tokenizer": serialize_tokenizer(self.tokenizer),
+            "tokenizer": serialize_tokenizer(self._tokenizer),
         }
 
     @classmethod

@@ -65,3 +65,67 @@ def adamw(
             var_list=[v for v in model.trainable_variables if len(v.shape) < 2]
         )
     return optimizer
+
+
+@keras.saving.register_keras_serializable(package="tflm")
+class WarmupLinear(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup from 0 to `learning_rate` over `warmup_steps`, then linear decay to 0
+    at `total_steps`: BERT's fine-tuning schedule."""
+
+    def __init__(self, learning_rate, total_steps, warmup_steps=0):
+        if not 0 <= warmup_steps < total_steps:
+            raise ValueError(
+                f"warmup_steps={warmup_steps} must be at least 0 and below total_steps={total_steps}."
+            )
+        self.learning_rate = learning_rate
+        self.total_steps = total_steps
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        warmup = (step + 1) / max(self.warmup_steps, 1)
+        decay = (self.total_steps - step) / (self.total_steps - self.warmup_steps)
+        return self.learning_rate * keras.ops.clip(keras.ops.minimum(warmup, decay), 0.0, 1.0)
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate, "total_steps": self.total_steps,
+                "warmup_steps": self.warmup_steps}
+
+
+@keras.saving.register_keras_serializable(package="tflm")
+class LayerDecayAdamW(keras.optimizers.AdamW):
+    """AdamW with a learning-rate factor per variable (layer-wise learning-rate decay:
+    lower layers of a pretrained encoder move less). `factors` maps variable paths to
+    factors; variables not in it use 1."""
+
+    def __init__(self, factors=None, **kwargs):
+        super().__init__(**kwargs)
+        self.factors = dict(factors or {})
+
+    def build(self, var_list):
+        super().build(var_list)
+        # by the optimizer's variable index, which Adam's own update_step uses too
+        self._index_factors = [self.factors.get(v.path, 1.0) for v in var_list]
+
+    def update_step(self, gradient, variable, learning_rate):
+        factor = self._index_factors[self._get_variable_index(variable)]
+        return super().update_step(gradient, variable, learning_rate * factor)
+
+    def get_config(self):
+        return {**super().get_config(), "factors": self.factors}
+
+
+def layer_decay_factors(encoder, decay):
+    """`{variable path: decay ** depth}` for an Encoder: its last block gets `decay`, each
+    block below one more power, the embeddings the most; everything else (the pooler, a
+    task head) 1."""
+    factors = {}
+    depth = len(encoder.blocks) + 1
+    for variable in encoder.embedding.weights + (
+        encoder.segment_embedding.weights if encoder.segment_embedding is not None else []
+    ) + (encoder.embedding_norm.weights if encoder.embedding_norm is not None else []):
+        factors[variable.path] = decay**depth
+    for i, block in enumerate(encoder.blocks):
+        for variable in block.weights:
+            factors[variable.path] = decay ** (len(encoder.blocks) - i)
+    return factors
