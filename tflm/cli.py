@@ -22,7 +22,7 @@ def _load_model(path):
     import tflm.tokenizers  # noqa: F401  (registers the tokenizer classes for loading)
 
     try:
-        return keras.saving.load_model(path)
+        return keras.saving.load_model(path, compile=False)  # each command compiles what it needs
     except (OSError, ValueError) as error:
         raise SystemExit(f"tflm: cannot load a model from {path!r}: {error}") from None
 
