@@ -10,7 +10,8 @@ import time
 import keras
 
 
-def _step(model):
+def optimizer_step(model):
+    """The number of training steps `model`'s optimizer has taken (restored on resume)."""
     return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
 
@@ -56,7 +57,7 @@ class TimeBudget(keras.callbacks.Callback):
         return self.min_learning_rate + (self.learning_rate - self.min_learning_rate) * cosine
 
     def on_train_batch_begin(self, batch, logs=None):
-        rate = self.rate(_step(self.model), self.elapsed())
+        rate = self.rate(optimizer_step(self.model), self.elapsed())
         self.model.optimizer.learning_rate.assign(rate)
 
     def on_train_batch_end(self, batch, logs=None):
@@ -140,14 +141,14 @@ class TensorBoard(keras.callbacks.Callback):
         self.writer(run).flush()  # on disk before a checkpoint of this step can be
 
     def on_train_batch_end(self, batch, logs=None):
-        step = _step(self.model)
+        step = optimizer_step(self.model)
         if logs and step % self.every_n_steps == 0:
             self._write("train", logs, step)
 
     def on_epoch_end(self, epoch, logs=None):
         validation = {k[4:]: v for k, v in (logs or {}).items() if k.startswith("val_")}
         if validation:
-            self._write("validation", validation, _step(self.model))
+            self._write("validation", validation, optimizer_step(self.model))
 
     def on_train_end(self, logs=None):
         for writer in self._writers.values():
@@ -179,7 +180,7 @@ class TextSamples(keras.callbacks.Callback):
         )
 
     def on_train_batch_end(self, batch, logs=None):
-        step = _step(self.model)
+        step = optimizer_step(self.model)
         if step % self.every_n_steps:
             return
         text = self.sample()

@@ -30,6 +30,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from tflm.training.callbacks import optimizer_step
+
 PREFIX = "ckpt-"
 GROUPS = ("model", "optimizer", "metrics")
 
@@ -262,7 +264,7 @@ class Checkpointing(keras.callbacks.Callback):
 
     @property
     def step(self):
-        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        return optimizer_step(self.model)
 
     def on_train_begin(self, logs=None):
         self._owns_lock = self.write and self.manager._lock_file is None

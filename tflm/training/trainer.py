@@ -18,7 +18,13 @@ import keras
 from tflm.data import corpora, lm_dataset
 from tflm.data.sources import resolve_files
 from tflm.models import GPT
-from tflm.training.callbacks import ProgressLogs, TensorBoard, TextSamples, TimeBudget
+from tflm.training.callbacks import (
+    ProgressLogs,
+    TensorBoard,
+    TextSamples,
+    TimeBudget,
+    optimizer_step,
+)
 from tflm.training.checkpoints import CheckpointManager, Checkpointing
 from tflm.training.config import save_config
 from tflm.training.distribute import distribution_strategy, is_chief, is_multi_worker
@@ -129,7 +135,7 @@ def _train(config, start, print_fn, output, manager, chief):
         print_fn(f"Resuming from {latest[0].path} (step {step}).")
     history = fit(model, train_data, validation_data, settings["eval_batches"], callbacks,
                   step, every, epochs, settings["verbose"])
-    final_step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    final_step = optimizer_step(model)
     if checkpointing.interrupted:
         print_fn(f"Stopped by SIGTERM at step {final_step}; the checkpoint is in "
                  f"{manager.directory}. Run the same command to resume.")
