@@ -7,6 +7,7 @@ import os
 import tensorflow as tf
 
 from tflm.data.sources import resolve_files
+from tflm.tokenizers import tokenize_batch
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
 
@@ -62,12 +63,8 @@ def encode_texts(texts, tokenizer, seq_len, pad_to_multiple_of=1):
     the same function serves `classification_dataset` and exported `classify` signatures.
     """
     body = _body_length(tokenizer, seq_len)
-    ids = tokenizer.tokenize(texts)
-    if isinstance(ids, list):  # keras-hub tokenizers give Python lists when run eagerly
-        ids = tf.ragged.constant(ids, dtype=tf.int32, ragged_rank=1)
-    elif not isinstance(ids, tf.RaggedTensor):
-        ids = tf.RaggedTensor.from_tensor(ids)
-    ids = tf.cast(ids, tf.int32)[:, :body]
+    ids = tokenize_batch(tokenizer, texts)[:, :body]
+
     def column(token_id):  # (B, 1) of one id, ragged to concatenate with the texts
         return tf.RaggedTensor.from_tensor(tf.fill([ids.nrows(), 1], tf.constant(token_id, tf.int32)))
 

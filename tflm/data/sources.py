@@ -7,6 +7,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from tflm.tokenizers import tokenize_batch
+
 ERRORS = ("strict", "replace")
 _CHUNK = 1 << 20
 _PIECES_PER_CALL = 256  # lines (or documents) tokenized per tokenizer call
@@ -98,10 +100,7 @@ def token_stream(source, tokenizer, errors="strict"):
     eos = tokenizer.eos_token_id
 
     def tokenize(texts, document_ends):
-        ids = tokenizer.tokenize(texts)  # (n, None): one call for many pieces is much faster
-        if not isinstance(ids, tf.RaggedTensor):
-            ids = tf.RaggedTensor.from_tensor(ids)
-        ids = tf.cast(ids, tf.int32)
+        ids = tokenize_batch(tokenizer, texts)  # (n, None): one call for many pieces is much faster
         if eos is not None:  # an EOS after each piece that ends a document
             ends = tf.cast(document_ends, tf.int64)
             separators = tf.RaggedTensor.from_row_lengths(

@@ -34,6 +34,7 @@ from tflm.data.classification import encode_texts
 from tflm.generation.decode import LENGTH_BUCKET, MAX_STOP_TOKENS, _make_loop
 from tflm.generation.samplers import PerRow
 from tflm.models import GPT, Classifier
+from tflm.tokenizers import tokenize_batch
 
 PREFILL = 16  # prompt tokens fed in one call before the token-by-token loop
 
@@ -103,7 +104,7 @@ def _gpt_archive(model, max_new_tokens):
         first_stop = tf.where(tf.reduce_any(stopped, axis=1),
                               tf.argmax(tf.cast(stopped, tf.int32), axis=1, output_type=tf.int32), ends)
         kept = tf.ragged.boolean_mask(tokens, generated & (positions < first_stop[:, None]))
-        return {"completions": _as_strings(tokenizer.detokenize(kept))}
+        return {"completions": tokenizer.detokenize(kept)}
 
     def serving_default(prompts):
         batch = tf.shape(prompts)[0]
@@ -163,10 +164,7 @@ def _check_settings(context, max_new_tokens, temperature, top_k, top_p):
 def _prompt_ids(tokenizer, prompts, room):
     """Ragged (B, None) int32 ids; an empty prompt is the EOS token, and a prompt longer
     than its row's `room` keeps its last `room` tokens."""
-    ids = tokenizer.tokenize(prompts)
-    if not isinstance(ids, tf.RaggedTensor):
-        ids = tf.RaggedTensor.from_tensor(ids)
-    ids = tf.cast(ids, tf.int32)
+    ids = tokenize_batch(tokenizer, prompts)
     if tokenizer.eos_token_id is not None:  # an empty prompt starts a document
         empty = tf.cast(ids.row_lengths() == 0, tf.int64)
         eos = tf.fill([tf.reduce_sum(empty)], tf.constant(tokenizer.eos_token_id, tf.int32))
@@ -176,7 +174,3 @@ def _prompt_ids(tokenizer, prompts, room):
     kept = tf.minimum(lengths, room)
     starts = tf.cast(ids.row_starts(), tf.int32) + lengths - kept
     return tf.gather(ids.flat_values, tf.ragged.range(starts, starts + kept))
-
-
-def _as_strings(text):
-    return text if text.dtype == tf.string else tf.strings.as_string(text)

@@ -6,7 +6,7 @@
 `tokenizer.detokenize(ids)` gives text back, and each saves with the model it belongs to.
 """
 
-from tflm.tokenizers.base import SPECIAL_TOKEN_NAMES, check_vocabulary_matches
+from tflm.tokenizers.base import SPECIAL_TOKEN_NAMES, check_vocabulary_matches, tokenize_batch
 from tflm.tokenizers.bpe import BPETokenizer, train_bpe
 from tflm.tokenizers.table import ByteTokenizer, CharTokenizer
 from tflm.tokenizers.wordpiece import WordPieceTokenizer
@@ -18,5 +18,6 @@ __all__ = [
     "SPECIAL_TOKEN_NAMES",
     "WordPieceTokenizer",
     "check_vocabulary_matches",
+    "tokenize_batch",
     "train_bpe",
 ]

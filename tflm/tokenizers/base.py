@@ -57,3 +57,17 @@ def check_vocabulary_matches(tokenizer, vocab_size):
             f"The tokenizer ({type(tokenizer).__name__}) has {size} tokens but the model's "
             f"vocabulary has {vocab_size}: they were not made for each other."
         )
+
+
+def tokenize_batch(tokenizer, texts):
+    """Strings (B,) -> token ids as an int32 `tf.RaggedTensor` (B, None), in `tf.data`
+    maps, exported graphs and eager code alike (keras-hub tokenizers give dense tensors
+    for equal lengths and Python lists when run eagerly)."""
+    import tensorflow as tf
+
+    ids = tokenizer.tokenize(texts)
+    if isinstance(ids, list):
+        ids = tf.ragged.constant(ids, dtype=tf.int32, ragged_rank=1)
+    elif not isinstance(ids, tf.RaggedTensor):
+        ids = tf.RaggedTensor.from_tensor(ids)
+    return tf.cast(ids, tf.int32)
