@@ -15,7 +15,7 @@ import keras
 
 from tflm.data.classification import classification_dataset, read_labelled
 from tflm.models import Classifier, Encoder
-from tflm.training.optimizers import LayerDecayAdamW, WarmupLinear, layer_decay_factors
+from tflm.training.optimizers import WarmupLinear, adamw, layer_decay_factors
 
 
 def load_encoder(pretrained):
@@ -65,12 +65,11 @@ def finetune(pretrained, train, valid=None, output="classifier.keras", text_colu
     model.build({"token_ids": (None, None), "padding_mask": (None, None)})
     steps_per_epoch = math.ceil(len(texts) / batch_size)
     total = steps_per_epoch * epochs
-    schedule = WarmupLinear(learning_rate, total, int(total * warmup))
-    factors = layer_decay_factors(encoder, layer_decay) if layer_decay else {}
-    optimizer = LayerDecayAdamW(factors, learning_rate=schedule, weight_decay=0.01,
-                                global_clipnorm=1.0)
-    optimizer.exclude_from_weight_decay(
-        var_list=[v for v in model.trainable_variables if len(v.shape) < 2])
+    optimizer = adamw(  # Keras' defaults for beta_2 and epsilon, BERT's weight decay
+        model, WarmupLinear(learning_rate, total, int(total * warmup)), weight_decay=0.01,
+        beta_2=0.999, epsilon=1e-7, global_clipnorm=1.0,
+        layer_decay_factors=layer_decay_factors(encoder, layer_decay) if layer_decay else None,
+    )
     model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=[keras.metrics.SparseCategoricalAccuracy("accuracy")], jit_compile=True)

@@ -33,25 +33,28 @@ def adamw(
     epsilon=1e-8,
     global_clipnorm=1.0,
     gradient_accumulation_steps=None,
+    layer_decay_factors=None,
 ):
     """A `keras.optimizers.AdamW` for `model`, with GPT-style defaults.
 
     Args:
         model: a built model; its variables of rank < 2 (norm scales, biases) get no
             weight decay unless `decay_norms_and_biases` (nanoGPT's rule).
-        learning_rate: the peak learning rate.
+        learning_rate: the peak learning rate (or a Keras schedule, with `total_steps` None).
         total_steps: when given, warm up for `warmup_steps` and decay with a cosine to
             `min_learning_rate` at `total_steps`; otherwise the rate is constant.
         global_clipnorm: clip the gradients' global norm (None: no clipping).
         gradient_accumulation_steps: apply the mean of this many batches' gradients at
             once, for a larger effective batch than fits in memory.
+        layer_decay_factors: `{variable path: learning-rate factor}` (see
+            `layer_decay_factors()`): a `LayerDecayAdamW` instead of Keras' AdamW.
     """
     if not model.built:
         raise ValueError("Build the model (call it once, or model.build(shape)) before adamw().")
     schedule = learning_rate
     if total_steps is not None:
         schedule = warmup_cosine(learning_rate, total_steps, warmup_steps, min_learning_rate)
-    optimizer = keras.optimizers.AdamW(
+    settings = dict(
         learning_rate=schedule,
         weight_decay=weight_decay,
         beta_1=beta_1,
@@ -60,6 +63,10 @@ def adamw(
         global_clipnorm=global_clipnorm,
         gradient_accumulation_steps=gradient_accumulation_steps,
     )
+    if layer_decay_factors is None:
+        optimizer = keras.optimizers.AdamW(**settings)
+    else:
+        optimizer = LayerDecayAdamW(layer_decay_factors, **settings)
     if not decay_norms_and_biases:
         optimizer.exclude_from_weight_decay(
             var_list=[v for v in model.trainable_variables if len(v.shape) < 2]
