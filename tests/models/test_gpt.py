@@ -118,3 +118,25 @@ def test_sequence_longer_than_context_is_an_error():
         model(random_ids((1, 13)))
     with pytest.raises(ValueError, match="exceeds the model's context of 12"):
         model.init_cache(batch_size=1, max_length=20)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "lstm"])
+def test_remat_trains_exactly_like_no_remat(name):
+    # Recomputing activations in the backward pass must give the same gradients.
+    ids = random_ids((4, 9), seed=3)
+    models = [tiny_gpt(name, remat=remat) for remat in (False, True)]
+    for model in models:
+        model.build((None, 8))
+    models[1].set_weights(models[0].get_weights())
+    initial = models[0].get_weights()
+    for model in models:
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.5),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        model.fit(ids[:, :-1], ids[:, 1:], epochs=3, verbose=0)
+    trained, rematerialized = models[0].get_weights(), models[1].get_weights()
+    assert max(np.abs(a - b).max() for a, b in zip(initial, trained)) > 1e-2
+    for a, b in zip(trained, rematerialized):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert GPT.from_config(models[1].get_config()).remat

@@ -44,6 +44,7 @@ GPT_PRESETS = {
         tie_embeddings=True,
         use_bias=False,
         rope_max_wavelength=10000.0,
+        remat=False,
         tokenizer=SHAKESPEARE_CHAR_TOKENIZER,
     ),
     # The design of the original char-level models: embedding + sinusoidal positions +
@@ -66,6 +67,7 @@ GPT_PRESETS = {
         tie_embeddings=False,
         use_bias=True,
         rope_max_wavelength=10000.0,
+        remat=False,
         tokenizer=SHAKESPEARE_CHAR_TOKENIZER,
     ),
     # GPT-2 small (124M parameters), the shapes of OpenAI's release.
@@ -87,6 +89,7 @@ GPT_PRESETS = {
         tie_embeddings=True,
         use_bias=True,
         rope_max_wavelength=10000.0,
+        remat=False,
         # GPT-2's BPE files are not shipped: load them with
         # tflm.tokenizers.BPETokenizer("vocab.json", "merges.txt") or tflm.convert.
         tokenizer=None,
