@@ -112,11 +112,22 @@ def run_keras(implementation, shape, args):
     tokens = rng.integers(0, shape["vocab_size"], (args.steps * batch, seq_len + 1), "int32")
     x, y = tokens[:, :-1], tokens[:, 1:]
 
+    class OneStepAtATime(keras.callbacks.Callback):
+        """A batch-end hook, as the progress bar has. Without one, Keras dispatches steps
+        asynchronously; on the TensorFlow backend overlapping CPU steps then contend for
+        the cores (up to twice the time a step on 2 cores). JAX keeps its asynchronous
+        dispatch (a hook would wait for the device after every step)."""
+
+        def on_train_batch_end(self, batch, logs=None):
+            pass
+
+    hooks = [OneStepAtATime()] if keras.backend.backend() == "tensorflow" else []
+
     def fit(steps):
         began = time.perf_counter()
         # the epoch's end turns the loss into a Python float: the device has finished
         model.fit(x[: steps * batch], y[: steps * batch], batch_size=batch, epochs=1,
-                  shuffle=False, verbose=0)
+                  shuffle=False, verbose=0, callbacks=hooks)
         return time.perf_counter() - began
 
     compile_seconds = fit(args.warmup)

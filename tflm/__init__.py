@@ -10,3 +10,14 @@ from tflm import layers, models
 from tflm.models import GPT, Classifier, Encoder, MaskedLM
 
 __all__ = ["Classifier", "Encoder", "GPT", "MaskedLM", "layers", "models"]
+
+# Imported on first use, so that `import tflm` does not import TensorFlow (PEP 562).
+_SUBMODULES = ("convert", "data", "export", "generation", "tokenizers", "training")
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"tflm.{name}")
+    raise AttributeError(f"module 'tflm' has no attribute {name!r}")
