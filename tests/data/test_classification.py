@@ -68,3 +68,30 @@ def test_bad_files_are_errors(tmp_path):
     (tmp_path / "d.xml").write_text("<a/>")
     with pytest.raises(ValueError, match="unknown format"):
         classification_dataset(str(tmp_path / "d.xml"), ByteTokenizer())
+
+
+def test_bucket_by_length_pads_less_and_keeps_every_example_once():
+    rng = np.random.default_rng(0)
+    texts = ["x" * int(n) for n in rng.integers(1, 60, size=500)]
+    texts = [f"{i:03d}{text}" for i, text in enumerate(texts)]  # each text unique
+    labels = [len(text) % 2 for text in texts]
+    tokenizer = ByteTokenizer()
+
+    def epoch(**options):
+        ds = classification_dataset((texts, labels), tokenizer, batch_size=16, seed=1, **options)
+        seen, padded = {}, 0
+        for inputs, batch_labels in ds:
+            ids, mask = inputs["token_ids"].numpy(), inputs["padding_mask"].numpy()
+            padded += ids.size
+            for row, row_mask, label in zip(ids, mask, batch_labels.numpy()):
+                text = bytes(int(t) for t in row[row_mask][:-1]).decode()  # drop the eos
+                seen[text] = label
+        return seen, padded
+
+    plain, plain_tokens = epoch()
+    bucketed, bucketed_tokens = epoch(bucket_by_length=True)
+    expected = {text: str(label) for text, label in zip(texts, labels)}
+    assert {text: ["0", "1"][label] for text, label in bucketed.items()} == expected
+    assert len(bucketed) == len(plain) == len(texts)
+    real_tokens = sum(len(text) + 1 for text in texts)
+    assert bucketed_tokens - real_tokens < 0.2 * (plain_tokens - real_tokens)

@@ -87,6 +87,14 @@ def _body_length(tokenizer, seq_len):
     return body
 
 
+BUCKET_WINDOW = 64  # batches sorted together by `bucket_by_length`
+
+
+def _sort_by_length(texts, labels):
+    order = tf.argsort(tf.strings.length(texts), stable=True)  # characters: no second tokenization
+    return tf.gather(texts, order), tf.gather(labels, order)
+
+
 def classification_dataset(
     source,
     tokenizer,
@@ -99,6 +107,7 @@ def classification_dataset(
     seed=0,
     shuffle_buffer=100_000,
     pad_to_multiple_of=1,
+    bucket_by_length=False,
 ):
     """Batches `({"token_ids", "padding_mask"}, label)` from a CSV, TSV or JSONL file, or
     from a `(texts, labels)` pair of lists.
@@ -106,7 +115,10 @@ def classification_dataset(
     Texts are tokenized, wrapped in the tokenizer's bos/eos when it has them ([CLS] ...
     [SEP] for WordPiece), cut to `seq_len` and padded per batch to the batch's longest
     text, rounded up to `pad_to_multiple_of` (dynamic padding; a multiple of 8 or 16 keeps
-    the shapes XLA compiles few). The dataset's `label_names` attribute lists the class names,
+    the shapes XLA compiles few). With `bucket_by_length`, each batch holds texts of similar
+    length, so short texts do not pay for long ones: each window of 64 batches is sorted by
+    length, cut into batches, and the batches are shuffled (Hugging Face's
+    `group_by_length`). The dataset's `label_names` attribute lists the class names,
     index by index, as `keras.utils.text_dataset_from_directory` does.
     """
     if isinstance(source, tuple):
@@ -119,7 +131,14 @@ def classification_dataset(
     ds = tf.data.Dataset.from_tensor_slices((texts, tf.constant(label_ids, tf.int32)))
     if shuffle:
         ds = ds.shuffle(min(shuffle_buffer, len(texts)), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(
+    if bucket_by_length:
+        ds = ds.batch(batch_size * BUCKET_WINDOW).map(_sort_by_length).unbatch()
+        ds = ds.batch(batch_size)
+        if shuffle:
+            ds = ds.shuffle(BUCKET_WINDOW, seed=seed, reshuffle_each_iteration=True)
+    else:
+        ds = ds.batch(batch_size)
+    ds = ds.map(
         lambda texts, labels: (encode_texts(texts, tokenizer, seq_len, pad_to_multiple_of), labels),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
     ).prefetch(tf.data.AUTOTUNE)

