@@ -89,6 +89,17 @@ def test_mean_pooling_averages_real_tokens_only():
     np.testing.assert_allclose(logits, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_only_the_pooling_in_use_trains(pooling):
+    # Mean pooling leaves the [CLS] pooler out of the graph: it must not be trainable
+    # (an optimizer would warn of its missing gradients).
+    model = Classifier(tiny_encoder(), num_classes=2, pooling=pooling)
+    model(batch())
+    trainable = {v.path for v in model.trainable_variables}
+    pooler = {v.path for v in model.encoder.pooler.weights}
+    assert pooler <= trainable if pooling == "cls" else not pooler & trainable
+
+
 def test_encoder_round_trip(tmp_path):
     assert_model_round_trip(tiny_encoder(dropout=0.1), batch(), tmp_path)
 

@@ -115,6 +115,9 @@ class Classifier(_EncoderTask):
         self.pooling = pooling
         self.dropout = dropout
         self.label_names = None if label_names is None else list(label_names)
+        if pooling == "mean":
+            # The [CLS] pooler takes no part: frozen, so training sees no missing gradients.
+            encoder.pooler.trainable = False
         self.pooled_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
         self.head = keras.layers.Dense(
             num_classes,
