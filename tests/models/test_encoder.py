@@ -93,11 +93,21 @@ def test_mean_pooling_averages_real_tokens_only():
 def test_only_the_pooling_in_use_trains(pooling):
     # Mean pooling leaves the [CLS] pooler out of the graph: it must not be trainable
     # (an optimizer would warn of its missing gradients).
-    model = Classifier(tiny_encoder(), num_classes=2, pooling=pooling)
+    encoder = tiny_encoder()
+    MaskedLM(encoder)  # pretraining freezes the pooler; a [CLS] classifier trains it again
+    model = Classifier(encoder, num_classes=2, pooling=pooling)
     model(batch())
     trainable = {v.path for v in model.trainable_variables}
     pooler = {v.path for v in model.encoder.pooler.weights}
     assert pooler <= trainable if pooling == "cls" else not pooler & trainable
+
+
+def test_masked_lm_does_not_train_the_unused_pooler():
+    model = MaskedLM(tiny_encoder())
+    inputs = {**batch(), "mask_positions": np.array([[1, 2]] * 3, "int32")}
+    model(inputs)
+    assert not {v.path for v in model.encoder.pooler.weights} & {
+        v.path for v in model.trainable_variables}
 
 
 def test_encoder_round_trip(tmp_path):

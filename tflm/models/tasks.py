@@ -54,6 +54,7 @@ class MaskedLM(_EncoderTask):
 
     def __init__(self, encoder, tokenizer=None, **kwargs):
         super().__init__(encoder, tokenizer, **kwargs)
+        encoder.pooler.trainable = False  # the [CLS] pooler takes no part in masked-LM training
         self.transform = keras.layers.Dense(
             encoder.hidden_dim, dtype=self.dtype_policy, name="transform"
         )
@@ -115,9 +116,9 @@ class Classifier(_EncoderTask):
         self.pooling = pooling
         self.dropout = dropout
         self.label_names = None if label_names is None else list(label_names)
-        if pooling == "mean":
-            # The [CLS] pooler takes no part: frozen, so training sees no missing gradients.
-            encoder.pooler.trainable = False
+        # With mean pooling the [CLS] pooler takes no part: frozen, so training sees no
+        # missing gradients (set both ways: the encoder may come from a MaskedLM).
+        encoder.pooler.trainable = pooling == "cls"
         self.pooled_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
         self.head = keras.layers.Dense(
             num_classes,
