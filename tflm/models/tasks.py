@@ -17,11 +17,14 @@ POOLINGS = ("cls", "mean")
 class _EncoderTask(keras.Model):
     """Shared by the task models: an encoder and an optional tokenizer, saved with the task."""
 
-    def __init__(self, encoder, tokenizer=None, **kwargs):
+    def __init__(self, encoder, tokenizer=None, uses_pooler=False, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(encoder, Encoder):
             raise TypeError(f"Expected a tflm.models.Encoder; got {type(encoder).__name__}.")
         self.encoder = encoder
+        # A task that leaves the [CLS] pooler out freezes it, so training sees no missing
+        # gradients; set both ways, as one encoder may serve a MaskedLM, then a Classifier.
+        encoder.pooler.trainable = uses_pooler
         self._tokenizer = deserialize_tokenizer(tokenizer)
         check_tokenizer(self._tokenizer, encoder.vocab_size)
 
@@ -54,7 +57,6 @@ class MaskedLM(_EncoderTask):
 
     def __init__(self, encoder, tokenizer=None, **kwargs):
         super().__init__(encoder, tokenizer, **kwargs)
-        encoder.pooler.trainable = False  # the [CLS] pooler takes no part in masked-LM training
         self.transform = keras.layers.Dense(
             encoder.hidden_dim, dtype=self.dtype_policy, name="transform"
         )
@@ -105,7 +107,7 @@ class Classifier(_EncoderTask):
         tokenizer=None,
         **kwargs,
     ):
-        super().__init__(encoder, tokenizer, **kwargs)
+        super().__init__(encoder, tokenizer, uses_pooler=pooling == "cls", **kwargs)
         if pooling not in POOLINGS:
             raise ValueError(f"Unknown pooling {pooling!r}; expected one of {POOLINGS}.")
         if label_names is not None and len(label_names) != num_classes:
@@ -116,9 +118,6 @@ class Classifier(_EncoderTask):
         self.pooling = pooling
         self.dropout = dropout
         self.label_names = None if label_names is None else list(label_names)
-        # With mean pooling the [CLS] pooler takes no part: frozen, so training sees no
-        # missing gradients (set both ways: the encoder may come from a MaskedLM).
-        encoder.pooler.trainable = pooling == "cls"
         self.pooled_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
         self.head = keras.layers.Dense(
             num_classes,
