@@ -1,9 +1,30 @@
 """Checks shared by the layer and model tests, in the spirit of keras-hub's TestCase."""
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+
+
+def tiny_gpt(**overrides):
+    """A GPT small enough for seconds; keyword `overrides` change any argument."""
+    from tflm.models import GPT
+
+    config = dict(vocab_size=11, num_layers=1, num_heads=2, hidden_dim=8, intermediate_dim=16,
+                  max_sequence_length=8)
+    return GPT(**{**config, **overrides})
+
+
+def tiny_encoder(**overrides):
+    """An Encoder small enough for seconds; keyword `overrides` change any argument."""
+    from tflm.models import Encoder
+
+    config = dict(vocab_size=23, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
+                  max_sequence_length=10, dropout=0.0)
+    return Encoder(**{**config, **overrides})
 
 
 def as_json(config):
