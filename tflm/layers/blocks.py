@@ -28,6 +28,10 @@ class TransformerBlock(keras.layers.Layer):
     >>> y = block(np.zeros((2, 8, 32)))                                   # (2, 8, 32)
     """
 
+    # The cache holds keys and values by position, so right-padded prompts of different
+    # lengths can be prefilled together: a row's later tokens overwrite its padding.
+    cache_is_positional = True
+
     def __init__(
         self,
         num_heads,
@@ -149,6 +153,9 @@ class LSTMBlock(keras.layers.Layer):
     >>> block = LSTMBlock()
     >>> y = block(np.zeros((2, 8, 32)))                                   # (2, 8, 32)
     """
+
+    # The recurrent state has seen every token fed to it, padding included.
+    cache_is_positional = False
 
     def __init__(self, norm="layernorm", layer_norm_epsilon=1e-5, dropout=0.0, **kwargs):
         super().__init__(**kwargs)

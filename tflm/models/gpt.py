@@ -161,6 +161,13 @@ class GPT(keras.Model):
         self.final_norm.build(hidden_shape)
         self.built = True
 
+    @property
+    def cache_is_positional(self):
+        """True when the cache is keyed by position (transformer blocks), so a batch of
+        right-padded prompts can be prefilled in one call; False for a recurrent state
+        (LSTM blocks), which must be fed each row's tokens only."""
+        return all(block.cache_is_positional for block in self.blocks)
+
     def init_cache(self, batch_size, max_length):
         """Per-block decoding state for `max_length` positions: a list, one entry a block."""
         if isinstance(max_length, int) and max_length > self.max_sequence_length:
