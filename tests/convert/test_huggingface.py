@@ -100,15 +100,24 @@ def test_minilm_hidden_states_and_sentence_embeddings_match_the_reference(minilm
     assert minilm.count_params() == minilm_reference["parameters"]
 
 
-def test_gpt2_logits_match_the_reference(tmp_path):
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory):
+    """A small random GPT-2 that transformers writes in the Hugging Face layout, a prompt
+    and transformers' logits for it."""
     from tflm.tokenizers import BPETokenizer
 
+    directory = tmp_path_factory.mktemp("gpt2")
     tokenizer = BPETokenizer.train(" ".join(SENTENCES) * 20, 300)
-    tokenizer.save_vocabulary(tmp_path)  # vocab.json + merges.txt, GPT-2's layout
+    tokenizer.save_vocabulary(directory)  # vocab.json + merges.txt, GPT-2's layout
     ids = np.asarray(tokenizer.tokenize("The movie was wonderful, a slow film"))[None].astype("int32")
-    expected = np.array(reference(kind="gpt2", directory=str(tmp_path), ids=ids.tolist(),
+    expected = np.array(reference(kind="gpt2", directory=str(directory), ids=ids.tolist(),
                                   vocab_size=tokenizer.vocabulary_size())["logits"])
-    model = from_huggingface(tmp_path)
+    return directory, ids, expected
+
+
+def test_gpt2_logits_match_the_reference(gpt2, tmp_path):
+    directory, ids, expected = gpt2
+    model = from_huggingface(directory)
     assert isinstance(model, GPT) and model.tokenizer is not None
     logits = keras.ops.convert_to_numpy(model(ids))
     assert np.abs(logits - expected).max() <= 1e-4
@@ -116,6 +125,78 @@ def test_gpt2_logits_match_the_reference(tmp_path):
     model.save(tmp_path / "gpt2.keras")
     again = keras.saving.load_model(tmp_path / "gpt2.keras")
     np.testing.assert_allclose(keras.ops.convert_to_numpy(again(ids)), logits, atol=1e-6)
+
+
+def copy_with_tensors(source, directory, change):
+    """A copy of the checkpoint directory `source` whose tensors `change(tensors)` edits."""
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(source, directory, ignore=shutil.ignore_patterns("model.safetensors"))
+    tensors = load_file(str(Path(source) / "model.safetensors"))
+    change(tensors)
+    save_file(tensors, str(directory / "model.safetensors"))
+    return directory
+
+
+def test_the_minilm_fixture_has_an_ignored_buffer_and_a_pooler():
+    """What makes the MiniLM import above check `IGNORED` and the optional pooler."""
+    from safetensors.numpy import load_file
+
+    names = set(load_file(str(minilm_directory() / "model.safetensors")))
+    assert "embeddings.position_ids" in names  # a buffer, skipped by name
+    assert {"pooler.dense.weight", "pooler.dense.bias"} <= names  # imported into the pooler
+
+
+def test_an_older_gpt2_layout_with_mask_buffers_and_a_tied_head_imports(gpt2, tmp_path):
+    """The layout of the Hub's gpt2 checkpoint: no "transformer." prefix, the causal-mask
+    buffers of each block, and (from GPT2LMHeadModel) an lm_head equal to wte."""
+    directory, ids, expected = gpt2
+
+    def older_layout(tensors):
+        for name in list(tensors):
+            tensors[name.removeprefix("transformer.")] = tensors.pop(name)
+        for i in range(2):
+            tensors[f"h.{i}.attn.bias"] = np.tril(np.ones((1, 1, 64, 64), "float32"))
+            tensors[f"h.{i}.attn.masked_bias"] = np.array(-1e4, "float32")
+        tensors["lm_head.weight"] = tensors["wte.weight"].copy()
+
+    model = from_huggingface(copy_with_tensors(directory, tmp_path / "older", older_layout))
+    assert np.abs(keras.ops.convert_to_numpy(model(ids)) - expected).max() <= 1e-4
+
+
+def test_tensors_the_model_does_not_use_are_errors_naming_them(gpt2, tmp_path):
+    def extra(tensors):  # a tensor of no layer the config describes
+        tensors["encoder.layer.6.output.dense.bias"] = np.zeros(384, "float32")
+
+    with pytest.raises(ValueError, match=r"holds 1 tensor\(s\) .* does not use: 'encoder.layer.6.output.dense.bias'"):
+        from_huggingface(copy_with_tensors(minilm_directory(), tmp_path / "extra", extra))
+
+    def misnamed(tensors):  # the pooler's kernel under another name: the pooler is not imported
+        tensors["pooler.dense.kernel"] = tensors.pop("pooler.dense.weight")
+
+    with pytest.raises(ValueError, match=r"does not use: 'pooler.dense.bias', 'pooler.dense.kernel'\."):
+        from_huggingface(copy_with_tensors(minilm_directory(), tmp_path / "misnamed", misnamed))
+
+    def classifier(tensors):  # a fine-tuned task head: importing only the encoder would drop it
+        tensors["bert.classifier.weight"] = np.zeros((2, 384), "float32")
+
+    with pytest.raises(ValueError, match=r"does not use: 'bert.classifier.weight'"):
+        from_huggingface(copy_with_tensors(minilm_directory(), tmp_path / "head", classifier))
+
+    directory = gpt2[0]
+
+    def untied_head(tensors):
+        tensors["lm_head.weight"] = tensors["transformer.wte.weight"] + 1.0
+
+    with pytest.raises(ValueError, match="lm_head.weight differs from wte.weight"):
+        from_huggingface(copy_with_tensors(directory, tmp_path / "untied", untied_head))
+
+    def third_block(tensors):  # config.json says 2 layers
+        for name in [n for n in tensors if n.startswith("transformer.h.1.")]:
+            tensors[name.replace(".h.1.", ".h.2.")] = tensors[name]
+
+    with pytest.raises(ValueError, match=r"holds 12 tensor\(s\) .*'transformer.h.2.attn.c_attn.bias', .* and 2 more"):
+        from_huggingface(copy_with_tensors(directory, tmp_path / "deeper", third_block))
 
 
 def test_unsupported_missing_and_mismatched_checkpoints_are_clear_errors(tmp_path):

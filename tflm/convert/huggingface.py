@@ -3,9 +3,16 @@
 A model directory holds config.json, model.safetensors and the tokenizer's files
 (vocab.txt for BERT; vocab.json and merges.txt for GPT-2). Weights are read with the
 `safetensors` package and assigned to a tflm model of the same shapes.
+
+Every tensor of the checkpoint must find its place in the model: a tensor left over (an
+extra layer, a task head, a misnamed weight) is an error that names it, so a checkpoint
+that does not match its config.json never imports half-way. The only tensors skipped are
+those in `IGNORED`: buffers that PyTorch saves beside the weights and pre-training heads
+that the imported base model has no place for.
 """
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +21,31 @@ from tflm.models import GPT, Encoder
 
 SUPPORTED = ("bert", "gpt2")
 
+# The prefix of the base model's tensors in checkpoints of its task models
+# (BertForPreTraining, GPT2LMHeadModel, ...); a base model's own checkpoint has none.
+PREFIXES = {"bert": "bert.", "gpt2": "transformer."}
+
+# Tensors a checkpoint may hold that the imported model does not use (full-name regular
+# expressions, matched after the prefix above is removed).
+IGNORED = {
+    "bert": (
+        r"embeddings\.position_ids",  # the buffer 0, 1, ..., max_position_embeddings - 1
+        r"cls\.(predictions|seq_relationship)\..+",  # BertForPreTraining's masked-LM and next-sentence heads
+    ),
+    "gpt2": (
+        r"h\.\d+\.attn\.(bias|masked_bias)",  # the causal-mask buffers older transformers saved
+    ),
+}
+
 
 def from_huggingface(directory):
     """The tflm model of a Hugging Face model directory, with its tokenizer:
-    an `Encoder` for BERT-family models, a `GPT` for GPT-2."""
+    an `Encoder` for BERT-family models, a `GPT` for GPT-2.
+
+    A tensor that the model does not use, other than those `IGNORED` lists, is a
+    `ValueError` naming it; a tensor the model needs and the checkpoint lacks is a
+    `KeyError`; a tensor of the wrong shape is a `ValueError`.
+    """
     directory = Path(directory)
     config = json.loads(_need(directory, "config.json").read_text())
     kind = config.get("model_type")
@@ -25,10 +53,11 @@ def from_huggingface(directory):
         raise ValueError(
             f"{directory} holds a {kind!r} model; tflm imports {', '.join(SUPPORTED)}."
         )
-    weights = _read_safetensors(_need(directory, "model.safetensors"))
-    if kind == "bert":
-        return _bert(directory, config, weights)
-    return _gpt2(directory, config, weights)
+    path = _need(directory, "model.safetensors")
+    weights = _Weights(_read_safetensors(path), PREFIXES[kind])
+    model = (_bert if kind == "bert" else _gpt2)(directory, config, weights)
+    weights.check_all_used(path, IGNORED[kind])
+    return model
 
 
 def _need(directory, name):
@@ -50,10 +79,11 @@ def _read_safetensors(path):
 
 class _Weights:
     """The checkpoint's tensors by name (a model prefix such as "bert." stripped),
-    assigned with checks that name the tensor."""
+    assigned with checks that name the tensor; it records which tensors were read."""
 
     def __init__(self, tensors, prefix):
-        self.tensors = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in tensors.items()}
+        self.names = {k[len(prefix):] if k.startswith(prefix) else k: k for k in tensors}
+        self.tensors = {name: tensors[k] for name, k in self.names.items()}
         self.used = set()
 
     def get(self, name):
@@ -72,6 +102,22 @@ class _Weights:
             )
         variable.assign(value.astype(np.float32))
 
+    def check_all_used(self, path, ignored):
+        """Raise naming the tensors of `path` that were not read and that no pattern of
+        `ignored` matches: the checkpoint holds more than the model it describes."""
+        unused = sorted(
+            self.names[name] for name in self.tensors
+            if name not in self.used and not any(re.fullmatch(p, name) for p in ignored)
+        )
+        if unused:
+            shown = ", ".join(repr(name) for name in unused[:10])
+            more = f" and {len(unused) - 10} more" if len(unused) > 10 else ""
+            raise ValueError(
+                f"{path} holds {len(unused)} tensor(s) that the model built from its "
+                f"config.json does not use: {shown}{more}. Is a tensor misnamed, or does "
+                "config.json describe fewer layers than the checkpoint holds?"
+            )
+
 
 def _norm(weights, layer, name):
     weights.assign(layer.gamma, f"{name}.weight")
@@ -83,7 +129,7 @@ def _dense(weights, layer, name, transpose=True):
     weights.assign(layer.bias, f"{name}.bias")
 
 
-def _bert(directory, config, tensors):
+def _bert(directory, config, weights):
     from tflm.tokenizers import WordPieceTokenizer
 
     settings = {}
@@ -112,7 +158,6 @@ def _bert(directory, config, tensors):
         tokenizer=tokenizer,
     )
     encoder.build({"token_ids": (None, None), "padding_mask": (None, None)})
-    weights = _Weights(tensors, "bert.")
     weights.assign(encoder.embedding.token_embedding.embeddings, "embeddings.word_embeddings.weight")
     weights.assign(encoder.embedding.position_encoding.position_embeddings,
                    "embeddings.position_embeddings.weight")
@@ -135,7 +180,7 @@ def _bert(directory, config, tensors):
     return encoder
 
 
-def _gpt2(directory, config, tensors):
+def _gpt2(directory, config, weights):
     from tflm.tokenizers import BPETokenizer
 
     tokenizer = BPETokenizer(str(_need(directory, "vocab.json")), str(_need(directory, "merges.txt")))
@@ -160,8 +205,11 @@ def _gpt2(directory, config, tensors):
         tokenizer=tokenizer,
     )
     model.build((None, None))
-    weights = _Weights(tensors, "transformer.")
     weights.assign(model.embedding.token_embedding.embeddings, "wte.weight")
+    if "lm_head.weight" in weights.tensors:  # GPT2LMHeadModel's head, saved by some versions
+        if not np.array_equal(weights.get("lm_head.weight"), weights.get("wte.weight")):
+            raise ValueError("The checkpoint's lm_head.weight differs from wte.weight; tflm's "
+                             "GPT-2 ties its output layer to the token embedding.")
     weights.assign(model.embedding.position_encoding.position_embeddings, "wpe.weight")
     for i, block in enumerate(model.blocks):
         # GPT-2's Conv1D stores (in, out), the layout of a Keras kernel: no transpose
