@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tflm.data.corpora import tiny_shakespeare
-from tflm.models import GPT
+from tests.helpers import tiny_gpt
 from tflm.tokenizers import BPETokenizer, train_bpe
 from tflm.tokenizers.bpe import GPT2_SPLIT, bytes_to_unicode
 
@@ -69,7 +69,7 @@ def test_gpt2_style_files_load_as_they_are(tokenizer, tmp_path):
 def test_in_tf_data_and_saved_with_the_model(tokenizer, tmp_path):
     ds = tf.data.Dataset.from_tensor_slices(["to be", "or not"]).map(tokenizer.tokenize)
     assert [list(x.numpy()) for x in ds] == [list(np.asarray(tokenizer(t))) for t in ["to be", "or not"]]
-    model = GPT(600, 1, 2, 8, 16, 8, tokenizer=tokenizer)
+    model = tiny_gpt(vocab_size=600, tokenizer=tokenizer)
     model(np.zeros((1, 4), "int32"))
     model.save(tmp_path / "m.keras")
     restored = keras.saving.load_model(tmp_path / "m.keras").tokenizer

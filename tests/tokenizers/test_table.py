@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from tflm.data.corpora import tiny_shakespeare
+from tests.helpers import tiny_gpt
 from tflm.models import GPT
 from tflm.tokenizers import ByteTokenizer, CharTokenizer
 
@@ -85,10 +86,21 @@ def test_works_in_tf_data_and_in_a_graph(tokenizer):
 
 def test_saved_with_the_model(tmp_path):
     tokenizer = CharTokenizer.train("abcdef", eos_token="<eos>")
-    model = GPT(7, 1, 2, 8, 16, 8, tokenizer=tokenizer)
+    model = tiny_gpt(vocab_size=7, tokenizer=tokenizer)
     model(np.zeros((1, 4), "int32"))
     model.save(tmp_path / "m.keras")
     restored = keras.saving.load_model(tmp_path / "m.keras").tokenizer
     assert restored.get_config() == tokenizer.get_config()
     assert restored.eos_token_id == 6
     assert list(restored("fab").numpy()) == [5, 0, 1]
+
+
+def test_a_tokenizer_that_does_not_fit_the_vocabulary_is_one_error_for_models_and_data():
+    from tflm.data import lm_dataset
+
+    tokenizer = CharTokenizer.train("abcdef", eos_token="<eos>")  # 7 tokens
+    message = r"The tokenizer \(CharTokenizer\) has 7 tokens but the model's vocabulary has 8"
+    with pytest.raises(ValueError, match=message):
+        tiny_gpt(vocab_size=8, tokenizer=tokenizer)
+    with pytest.raises(ValueError, match=message):
+        lm_dataset(["abcdef"], tokenizer, 4, 1, model=tiny_gpt(vocab_size=8))

@@ -35,7 +35,8 @@ def test_in_tf_data_and_saved_with_a_classifier(tmp_path):
     tokenizer = WordPieceTokenizer(VOCAB)
     ds = tf.data.Dataset.from_tensor_slices(["the fox", "brown"]).map(tokenizer.tokenize)
     assert [x.numpy().tolist() for x in ds] == [[5, 9], [8]]
-    encoder = Encoder(len(VOCAB), 1, 2, 8, 16, max_sequence_length=8)
+    encoder = Encoder(vocab_size=len(VOCAB), num_layers=1, num_heads=2, hidden_dim=8,
+                      intermediate_dim=16, max_sequence_length=8)
     model = Classifier(encoder, 2, tokenizer=tokenizer)
     model(np.ones((1, 4), "int32"))
     model.save(tmp_path / "c.keras")

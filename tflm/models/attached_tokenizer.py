@@ -22,11 +22,16 @@ def serialize_tokenizer(tokenizer):
 
 
 def check_tokenizer(tokenizer, vocab_size):
-    """Fail fast when the tokenizer's ids do not fit the model's vocabulary."""
+    """Fail fast when the tokenizer's ids do not fit the model's vocabulary.
+
+    The one vocabulary check of tflm: models run it on the tokenizer they are given, and
+    the data pipelines on a tokenizer and the model it feeds.
+    """
     if tokenizer is None or getattr(tokenizer, "vocabulary", True) is None:
         return  # none, or its vocabulary is still to be loaded from the saved assets
     size = tokenizer.vocabulary_size()
     if size != vocab_size:
         raise ValueError(
-            f"The tokenizer has {size} tokens but the model's vocab_size is {vocab_size}."
+            f"The tokenizer ({type(tokenizer).__name__}) has {size} tokens but the model's "
+            f"vocabulary has {vocab_size}: they were not made for each other."
         )

@@ -1,6 +1,12 @@
-"""What every tflm tokenizer shares: explicit special tokens and a vocabulary check."""
+"""What every tflm tokenizer shares: explicit special tokens, and ragged ids from text."""
 
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "pad_token", "mask_token", "unk_token")
+
+
+def _special_token_id(name):
+    return property(
+        lambda self: self._special_id(name), doc=f"The id of `{name}` (None when it is unset)."
+    )
 
 
 class SpecialTokens:
@@ -9,9 +15,19 @@ class SpecialTokens:
     Each is a string or None; `eos_token_id` and the like give their ids (None when unset).
     """
 
-    def _set_special_tokens(self, **tokens):
-        for name in SPECIAL_TOKEN_NAMES:
-            setattr(self, name, tokens.get(name))
+    def _set_special_tokens(self, bos_token, eos_token, pad_token, mask_token, unk_token):
+        """The one place a tokenizer's constructor records its special tokens."""
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+        self.pad_token = pad_token
+        self.mask_token = mask_token
+        self.unk_token = unk_token
+
+    def _check_special_tokens_in(self, vocabulary, kind):
+        """Fail fast when a special token is missing from `vocabulary` (a `kind` vocabulary)."""
+        missing = [t for t in self.special_tokens_list() if t not in vocabulary]
+        if missing:
+            raise ValueError(f"Special token(s) {missing} are not in the {kind} vocabulary.")
 
     def special_tokens_config(self):
         return {name: getattr(self, name) for name in SPECIAL_TOKEN_NAMES}
@@ -28,35 +44,11 @@ class SpecialTokens:
         token = getattr(self, name)
         return None if token is None else self.token_to_id(token)
 
-    @property
-    def bos_token_id(self):
-        return self._special_id("bos_token")
-
-    @property
-    def eos_token_id(self):
-        return self._special_id("eos_token")
-
-    @property
-    def pad_token_id(self):
-        return self._special_id("pad_token")
-
-    @property
-    def mask_token_id(self):
-        return self._special_id("mask_token")
-
-    @property
-    def unk_token_id(self):
-        return self._special_id("unk_token")
-
-
-def check_vocabulary_matches(tokenizer, vocab_size):
-    """Fail fast when a tokenizer's ids do not fit a model's vocabulary."""
-    size = tokenizer.vocabulary_size()
-    if size != vocab_size:
-        raise ValueError(
-            f"The tokenizer ({type(tokenizer).__name__}) has {size} tokens but the model's "
-            f"vocabulary has {vocab_size}: they were not made for each other."
-        )
+    bos_token_id = _special_token_id("bos_token")
+    eos_token_id = _special_token_id("eos_token")
+    pad_token_id = _special_token_id("pad_token")
+    mask_token_id = _special_token_id("mask_token")
+    unk_token_id = _special_token_id("unk_token")
 
 
 def tokenize_batch(tokenizer, texts):

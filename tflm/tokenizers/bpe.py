@@ -131,19 +131,11 @@ class BPETokenizer(SpecialTokens, keras_hub.tokenizers.BytePairTokenizer):
         unk_token=None,
         **kwargs,
     ):
-        self._set_special_tokens(
-            bos_token=bos_token,
-            eos_token=eos_token,
-            pad_token=pad_token,
-            mask_token=mask_token,
-            unk_token=unk_token,
-        )
+        self._set_special_tokens(bos_token, eos_token, pad_token, mask_token, unk_token)
         kwargs.setdefault("unsplittable_tokens", self.special_tokens_list())
         super().__init__(vocabulary=vocabulary, merges=merges, **kwargs)
         if self.vocabulary is not None:
-            missing = [t for t in self.special_tokens_list() if t not in self.vocabulary]
-            if missing:
-                raise ValueError(f"Special token(s) {missing} are not in the BPE vocabulary.")
+            self._check_special_tokens_in(self.vocabulary, "BPE")
 
     @classmethod
     def train(cls, corpus, vocabulary_size, eos_token="<|endoftext|>", **special_tokens):

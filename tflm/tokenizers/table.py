@@ -84,13 +84,7 @@ class ByteTokenizer(_TableTokenizer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self._set_special_tokens(
-            bos_token=bos_token,
-            eos_token=eos_token,
-            pad_token=pad_token,
-            mask_token=mask_token,
-            unk_token=unk_token,
-        )
+        self._set_special_tokens(bos_token, eos_token, pad_token, mask_token, unk_token)
 
     def _tokens(self):
         return [bytes([b]) for b in range(256)] + self.special_tokens_list()
@@ -135,13 +129,7 @@ class CharTokenizer(_TableTokenizer):
         if len(set(vocabulary)) != len(vocabulary):
             raise ValueError("A character vocabulary must not repeat characters.")
         self.vocabulary = vocabulary
-        self._set_special_tokens(
-            bos_token=bos_token,
-            eos_token=eos_token,
-            pad_token=pad_token,
-            mask_token=mask_token,
-            unk_token=unk_token,
-        )
+        self._set_special_tokens(bos_token, eos_token, pad_token, mask_token, unk_token)
         # Built eagerly: a table first made inside a tf.data map could not be reused.
         with tf.init_scope():
             default = -1 if unk_token is None else self.token_to_id(unk_token)

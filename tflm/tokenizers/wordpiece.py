@@ -30,13 +30,7 @@ class WordPieceTokenizer(SpecialTokens, keras_hub.tokenizers.WordPieceTokenizer)
         unk_token="[UNK]",
         **kwargs,
     ):
-        self._set_special_tokens(
-            bos_token=bos_token,
-            eos_token=eos_token,
-            pad_token=pad_token,
-            mask_token=mask_token,
-            unk_token=unk_token,
-        )
+        self._set_special_tokens(bos_token, eos_token, pad_token, mask_token, unk_token)
         kwargs.pop("oov_token", None)
         kwargs.pop("special_tokens", None)
         super().__init__(
@@ -47,9 +41,7 @@ class WordPieceTokenizer(SpecialTokens, keras_hub.tokenizers.WordPieceTokenizer)
             **kwargs,
         )
         if self.vocabulary is not None:
-            missing = [t for t in self.special_tokens_list() if t not in self.vocabulary]
-            if missing:
-                raise ValueError(f"Special token(s) {missing} are not in the WordPiece vocabulary.")
+            self._check_special_tokens_in(self.vocabulary, "WordPiece")
 
     @classmethod
     def train(cls, corpus, vocabulary_size, lowercase=True, **special_tokens):
