@@ -17,14 +17,9 @@ CONFIGS = {
 
 
 def tiny_gpt(name, **overrides):
-    config = dict(
-        vocab_size=17,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        max_sequence_length=12,
-    )
+    config = dict(vocab_size=17, num_layers=2, hidden_dim=16, max_sequence_length=12)
+    if CONFIGS[name].get("block") != "lstm":
+        config.update(num_heads=2, intermediate_dim=32)
     return GPT(**{**config, **CONFIGS[name], **overrides})
 
 

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from tflm.layers.embedding import RotaryEmbedding
+from tflm.layers.initializers import clone_initializer
 
 
 @keras.saving.register_keras_serializable(package="tflm")
@@ -24,6 +25,9 @@ class MultiHeadAttention(keras.layers.Layer):
         dropout: dropout on the attention output. Fused attention kernels have no
             dropout on the attention probabilities, so none is applied there.
         use_bias: biases on the projections.
+        kernel_initializer: the initializer of the projection matrices.
+        output_kernel_initializer: the output projection's, when it differs (GPT-2
+            scales down the projections that write into the residual stream).
 
     `call(x, padding_mask=None, cache=None, cache_index=None)`:
         x: (B, T, C). padding_mask: (B, T) or (B, S), true/1 at real tokens.
@@ -49,6 +53,7 @@ class MultiHeadAttention(keras.layers.Layer):
         dropout=0.0,
         use_bias=True,
         kernel_initializer="glorot_uniform",
+        output_kernel_initializer=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -65,6 +70,9 @@ class MultiHeadAttention(keras.layers.Layer):
         self.dropout = dropout
         self.use_bias = use_bias
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.output_kernel_initializer = keras.initializers.get(
+            output_kernel_initializer or kernel_initializer
+        )
 
         self.rotary_embedding = (
             RotaryEmbedding(rope_max_wavelength, dtype=self.dtype_policy) if rotary else None
@@ -78,16 +86,21 @@ class MultiHeadAttention(keras.layers.Layer):
                 f"num_heads={self.num_heads} must divide the hidden width {hidden_dim}."
             )
         self.head_dim = hidden_dim // self.num_heads
-        dense = dict(
-            use_bias=self.use_bias,
-            kernel_initializer=self.kernel_initializer,
-            dtype=self.dtype_policy,
-        )
         self.qkv = keras.layers.Dense(
-            (self.num_heads + 2 * self.num_kv_heads) * self.head_dim, name="qkv", **dense
+            (self.num_heads + 2 * self.num_kv_heads) * self.head_dim,
+            use_bias=self.use_bias,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            dtype=self.dtype_policy,
+            name="qkv",
         )
         self.qkv.build(input_shape)
-        self.output_projection = keras.layers.Dense(hidden_dim, name="output", **dense)
+        self.output_projection = keras.layers.Dense(
+            hidden_dim,
+            use_bias=self.use_bias,
+            kernel_initializer=clone_initializer(self.output_kernel_initializer),
+            dtype=self.dtype_policy,
+            name="output",
+        )
         self.output_projection.build((*input_shape[:-1], self.num_heads * self.head_dim))
 
     def init_cache(self, batch_size, max_length, dtype=None):
@@ -150,9 +163,6 @@ class MultiHeadAttention(keras.layers.Layer):
             mask = padding if mask is None else ops.logical_and(mask, padding)
         return mask
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
     def get_config(self):
         return {
             **super().get_config(),
@@ -164,4 +174,7 @@ class MultiHeadAttention(keras.layers.Layer):
             "dropout": self.dropout,
             "use_bias": self.use_bias,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "output_kernel_initializer": keras.initializers.serialize(
+                self.output_kernel_initializer
+            ),
         }

@@ -9,6 +9,7 @@ from keras import ops
 
 from tflm.layers.attention import MultiHeadAttention
 from tflm.layers.feedforward import FeedForward, normalization
+from tflm.layers.initializers import clone_initializer
 
 NORM_POSITIONS = ("pre", "post")
 
@@ -22,6 +23,9 @@ class TransformerBlock(keras.layers.Layer):
     `norm_position="post"` (original Transformer, BERT) normalizes after the residual:
         x = norm_1(x + attention(x)); x = norm_2(x + feed_forward(x))
     `causal=True` for decoders, `False` (bidirectional, with a padding mask) for encoders.
+    `output_kernel_initializer` initializes the two projections that write into the
+    residual stream (attention output, feed-forward down) when they should differ from
+    `kernel_initializer`.
 
     Example:
     >>> block = TransformerBlock(num_heads=4, intermediate_dim=128, causal=True)
@@ -47,6 +51,7 @@ class TransformerBlock(keras.layers.Layer):
         dropout=0.0,
         use_bias=True,
         kernel_initializer="glorot_uniform",
+        output_kernel_initializer=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -67,6 +72,9 @@ class TransformerBlock(keras.layers.Layer):
         self.dropout = dropout
         self.use_bias = use_bias
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.output_kernel_initializer = keras.initializers.get(
+            output_kernel_initializer or kernel_initializer
+        )
 
         self.norm_1 = normalization(norm, layer_norm_epsilon, self.dtype_policy, "norm_1")
         self.attention = MultiHeadAttention(
@@ -77,7 +85,8 @@ class TransformerBlock(keras.layers.Layer):
             rope_max_wavelength=rope_max_wavelength,
             dropout=dropout,
             use_bias=use_bias,
-            kernel_initializer=self.kernel_initializer,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            output_kernel_initializer=clone_initializer(self.output_kernel_initializer),
             dtype=self.dtype_policy,
             name="attention",
         )
@@ -87,7 +96,8 @@ class TransformerBlock(keras.layers.Layer):
             activation=activation,
             dropout=dropout,
             use_bias=use_bias,
-            kernel_initializer=self.kernel_initializer,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            output_kernel_initializer=clone_initializer(self.output_kernel_initializer),
             dtype=self.dtype_policy,
             name="feed_forward",
         )
@@ -118,9 +128,6 @@ class TransformerBlock(keras.layers.Layer):
             x = self.norm_2(x + self.feed_forward(x, training=training))
         return x if cache is None else (x, cache)
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
     def get_config(self):
         return {
             **super().get_config(),
@@ -137,6 +144,9 @@ class TransformerBlock(keras.layers.Layer):
             "dropout": self.dropout,
             "use_bias": self.use_bias,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "output_kernel_initializer": keras.initializers.serialize(
+                self.output_kernel_initializer
+            ),
         }
 
 
@@ -186,9 +196,6 @@ class LSTMBlock(keras.layers.Layer):
         y, h, c = self.lstm(self.norm_1(x), initial_state=initial_state, training=training)
         x = x + self.output_dropout(y, training=training)
         return x if cache is None else (x, ops.stack([h, c], axis=1))
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
 
     def get_config(self):
         return {

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from tflm.layers.initializers import clone_initializer
+
 
 @keras.saving.register_keras_serializable(package="tflm")
 class TokenEmbedding(keras.layers.ReversibleEmbedding):
@@ -25,6 +27,16 @@ class TokenEmbedding(keras.layers.ReversibleEmbedding):
         )
         self.vocab_size = vocab_size
         self.hidden_dim = hidden_dim
+
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        if getattr(self, "reverse_embeddings", None) is not None and self.quantization_mode is None:
+            # ReversibleEmbedding draws the output head with the embeddings' own initializer,
+            # hence its seed: the head would start as a reshaped copy of the embeddings.
+            initializer = clone_initializer(keras.initializers.get(self.embeddings_initializer))
+            self.reverse_embeddings.assign(
+                initializer(self.reverse_embeddings.shape, self.reverse_embeddings.dtype)
+            )
 
     def get_config(self):
         config = super().get_config()
@@ -179,7 +191,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             vocab_size,
             hidden_dim,
             tie_weights=tie_weights,
-            embeddings_initializer=self.embeddings_initializer,
+            embeddings_initializer=clone_initializer(self.embeddings_initializer),
             dtype=self.dtype_policy,
             name="token_embedding",
         )
@@ -187,7 +199,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         if position == "learned":
             self.position_encoding = PositionEmbedding(
                 sequence_length,
-                initializer=self.embeddings_initializer,
+                initializer=clone_initializer(self.embeddings_initializer),
                 dtype=self.dtype_policy,
                 name="position_embedding",
             )

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from tflm.layers.initializers import clone_initializer
+
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "swiglu")
 NORMS = ("layernorm", "rmsnorm")
 
@@ -23,6 +25,10 @@ class FeedForward(keras.layers.Layer):
     `activation` is "gelu" (exact, as BERT), "gelu_tanh" (the tanh approximation, as
     GPT-2), "relu", or "swiglu": `down(silu(gate(x)) * up(x))` with the gate and up
     projections fused into one matrix.
+
+    `output_kernel_initializer` initializes the down projection when it should differ
+    from `kernel_initializer` (GPT-2 scales down the projections that write into the
+    residual stream).
     """
 
     def __init__(
@@ -32,6 +38,7 @@ class FeedForward(keras.layers.Layer):
         dropout=0.0,
         use_bias=True,
         kernel_initializer="glorot_uniform",
+        output_kernel_initializer=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -42,18 +49,28 @@ class FeedForward(keras.layers.Layer):
         self.dropout = dropout
         self.use_bias = use_bias
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.output_kernel_initializer = keras.initializers.get(
+            output_kernel_initializer or kernel_initializer
+        )
         self.output_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
-        dense = dict(
-            use_bias=self.use_bias,
-            kernel_initializer=self.kernel_initializer,
-            dtype=self.dtype_policy,
-        )
         width = 2 * self.intermediate_dim if self.activation == "swiglu" else self.intermediate_dim
-        self.up = keras.layers.Dense(width, name="up", **dense)
+        self.up = keras.layers.Dense(
+            width,
+            use_bias=self.use_bias,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            dtype=self.dtype_policy,
+            name="up",
+        )
         self.up.build(input_shape)
-        self.down = keras.layers.Dense(input_shape[-1], name="down", **dense)
+        self.down = keras.layers.Dense(
+            input_shape[-1],
+            use_bias=self.use_bias,
+            kernel_initializer=clone_initializer(self.output_kernel_initializer),
+            dtype=self.dtype_policy,
+            name="down",
+        )
         self.down.build((*input_shape[:-1], self.intermediate_dim))
 
     def call(self, x, training=None):
@@ -78,4 +95,7 @@ class FeedForward(keras.layers.Layer):
             "dropout": self.dropout,
             "use_bias": self.use_bias,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "output_kernel_initializer": keras.initializers.serialize(
+                self.output_kernel_initializer
+            ),
         }

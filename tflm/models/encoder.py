@@ -3,13 +3,10 @@
 import keras
 from keras import ops
 
-from tflm.layers import TokenAndPositionEmbedding, TransformerBlock, normalization
-from tflm.models.attached_tokenizer import (
-    check_tokenizer,
-    deserialize_tokenizer,
-    serialize_tokenizer,
-)
-from tflm.models.presets import ENCODER_PRESETS, resolve_preset
+from tflm.layers import TokenAndPositionEmbedding, normalization
+from tflm.layers.initializers import clone_initializer
+from tflm.models.base import Backbone, transformer_blocks
+from tflm.models.presets import ENCODER_PRESETS
 
 
 def token_ids_of(inputs):
@@ -38,7 +35,7 @@ def unpack_encoder_inputs(inputs):
 
 
 @keras.saving.register_keras_serializable(package="tflm")
-class Encoder(keras.Model):
+class Encoder(Backbone):
     """Token ids + padding mask (+ segment ids) -> contextual vectors, BERT-style.
 
     Inputs: a dict with `"token_ids"` (B, T), `"padding_mask"` (B, T; true at real
@@ -56,6 +53,9 @@ class Encoder(keras.Model):
     >>> outputs = encoder({"token_ids": ids, "padding_mask": ids != 0})
     >>> outputs["sequence_output"].shape, outputs["pooled_output"].shape
     """
+
+    presets = ENCODER_PRESETS
+    noun = "encoder"
 
     def __init__(
         self,
@@ -76,34 +76,32 @@ class Encoder(keras.Model):
         tokenizer=None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        self.tokenizer = deserialize_tokenizer(tokenizer)
-        check_tokenizer(self.tokenizer, vocab_size)
-        if hidden_dim % num_heads:
-            raise ValueError(f"num_heads={num_heads} must divide hidden_dim={hidden_dim}.")
-        self.vocab_size = vocab_size
-        self.num_layers = num_layers
-        self.num_heads = num_heads
-        self.hidden_dim = hidden_dim
-        self.intermediate_dim = intermediate_dim
-        self.max_sequence_length = max_sequence_length
-        self.num_segments = num_segments
-        self.position = position
-        self.activation = activation
-        self.norm = norm
-        self.norm_position = norm_position
-        self.layer_norm_epsilon = layer_norm_epsilon
-        self.dropout = dropout
-        self.use_bias = use_bias
+        super().__init__(tokenizer=tokenizer, **kwargs)
+        self.set_config(
+            vocab_size=vocab_size,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            hidden_dim=hidden_dim,
+            intermediate_dim=intermediate_dim,
+            max_sequence_length=max_sequence_length,
+            num_segments=num_segments,
+            position=position,
+            activation=activation,
+            norm=norm,
+            norm_position=norm_position,
+            layer_norm_epsilon=layer_norm_epsilon,
+            dropout=dropout,
+            use_bias=use_bias,
+        )
 
-        # BERT's initialization: truncated normal(0, 0.02).
+        # BERT's initialization: truncated normal(0, 0.02), a copy for each sublayer.
         initializer = keras.initializers.TruncatedNormal(stddev=0.02)
         self.embedding = TokenAndPositionEmbedding(
             vocab_size,
             max_sequence_length,
             hidden_dim,
             position=position,
-            embeddings_initializer=initializer,
+            embeddings_initializer=clone_initializer(initializer),
             dtype=self.dtype_policy,
             name="embedding",
         )
@@ -112,7 +110,7 @@ class Encoder(keras.Model):
             self.segment_embedding = keras.layers.Embedding(
                 num_segments,
                 hidden_dim,
-                embeddings_initializer=initializer,
+                embeddings_initializer=clone_initializer(initializer),
                 dtype=self.dtype_policy,
                 name="segment_embedding",
             )
@@ -123,39 +121,32 @@ class Encoder(keras.Model):
             else None
         )
         self.embedding_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
-        self.blocks = [
-            TransformerBlock(
-                num_heads,
-                intermediate_dim,
-                causal=False,
-                rotary=position == "rotary",
-                activation=activation,
-                norm=norm,
-                norm_position=norm_position,
-                layer_norm_epsilon=layer_norm_epsilon,
-                dropout=dropout,
-                use_bias=use_bias,
-                kernel_initializer=initializer,
-                dtype=self.dtype_policy,
-                name=f"block_{i}",
-            )
-            for i in range(num_layers)
-        ]
+        self.blocks = transformer_blocks(
+            num_layers,
+            hidden_dim,
+            causal=False,
+            position=position,
+            norm=norm,
+            layer_norm_epsilon=layer_norm_epsilon,
+            dropout=dropout,
+            initializer=initializer,
+            dtype=self.dtype_policy,
+            num_heads=num_heads,
+            intermediate_dim=intermediate_dim,
+            activation=activation,
+            norm_position=norm_position,
+            use_bias=use_bias,
+        )
         self.final_norm = (
             None if post else normalization(norm, layer_norm_epsilon, self.dtype_policy, "final_norm")
         )
         self.pooler = keras.layers.Dense(
             hidden_dim,
             activation="tanh",
-            kernel_initializer=initializer,
+            kernel_initializer=clone_initializer(initializer),
             dtype=self.dtype_policy,
             name="pooler",
         )
-
-    @classmethod
-    def from_preset(cls, name, **overrides):
-        """An Encoder built from the named preset (fresh weights), with `overrides` applied."""
-        return cls(**resolve_preset(ENCODER_PRESETS, name, overrides))
 
     def build(self, input_shape):
         ids_shape = token_ids_of(input_shape)
@@ -171,12 +162,7 @@ class Encoder(keras.Model):
 
     def call(self, inputs, training=None):
         token_ids, padding_mask, segment_ids = unpack_encoder_inputs(inputs)
-        length = token_ids.shape[1]
-        if length is not None and length > self.max_sequence_length:
-            raise ValueError(
-                f"The input has {length} tokens but the encoder's context is "
-                f"{self.max_sequence_length} (max_sequence_length)."
-            )
+        self.check_length(token_ids)
         x = self.embedding(token_ids)  # (B, T, C)
         if self.segment_embedding is not None:
             x = x + self.segment_embedding(segment_ids)
@@ -188,23 +174,3 @@ class Encoder(keras.Model):
         if self.final_norm is not None:
             x = self.final_norm(x)
         return {"sequence_output": x, "pooled_output": self.pooler(x[:, 0, :])}
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "vocab_size": self.vocab_size,
-            "num_layers": self.num_layers,
-            "num_heads": self.num_heads,
-            "hidden_dim": self.hidden_dim,
-            "intermediate_dim": self.intermediate_dim,
-            "max_sequence_length": self.max_sequence_length,
-            "num_segments": self.num_segments,
-            "position": self.position,
-            "activation": self.activation,
-            "norm": self.norm,
-            "norm_position": self.norm_position,
-            "layer_norm_epsilon": self.layer_norm_epsilon,
-            "dropout": self.dropout,
-            "use_bias": self.use_bias,
-            "tokenizer": serialize_tokenizer(self.tokenizer),
-        }

@@ -1,24 +1,19 @@
 """GPT: a decoder-only language model of transformer or LSTM blocks."""
 
 import functools
+import inspect
 
 import keras
 from keras import ops
 
-from tflm.layers import LSTMBlock, TokenAndPositionEmbedding, TransformerBlock, normalization
-from tflm.models.attached_tokenizer import (
-    check_tokenizer,
-    deserialize_tokenizer,
-    serialize_tokenizer,
-)
+from tflm.layers import TokenAndPositionEmbedding, normalization
+from tflm.models.base import BLOCKS, TRANSFORMER_ARGUMENTS, Backbone
 from tflm.models.metrics import Perplexity
-from tflm.models.presets import GPT_PRESETS, resolve_preset
-
-BLOCKS = ("transformer", "lstm")
+from tflm.models.presets import GPT_PRESETS
 
 
 @keras.saving.register_keras_serializable(package="tflm")
-class GPT(keras.Model):
+class GPT(Backbone):
     """Token ids (B, T) -> next-token logits (B, T, vocab_size), in float32.
 
     `block="transformer"` stacks causal pre-norm `TransformerBlock`s (GPT-2, LLaMA-style
@@ -47,111 +42,84 @@ class GPT(keras.Model):
     >>> logits, cache = model(np.zeros((2, 16), "int32"), cache=cache, cache_index=0)
     """
 
+    presets = GPT_PRESETS
+
     def __init__(
         self,
         vocab_size,
         num_layers,
-        num_heads,
         hidden_dim,
-        intermediate_dim,
         max_sequence_length,
+        *,
         block="transformer",
         position="learned",
-        num_kv_heads=None,
-        activation="gelu",
         norm="layernorm",
-        norm_position="pre",
         layer_norm_epsilon=1e-5,
         dropout=0.0,
         tie_embeddings=True,
+        initializer_range=0.02,
+        remat=False,
+        num_heads=None,
+        intermediate_dim=None,
+        num_kv_heads=None,
+        activation="gelu",
+        norm_position="pre",
         use_bias=True,
         rope_max_wavelength=10000.0,
-        remat=False,
+        scaled_residual_init=True,
         tokenizer=None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        super().__init__(tokenizer=tokenizer, **kwargs)
         if block not in BLOCKS:
-            raise ValueError(f"Unknown block {block!r}; expected one of {BLOCKS}.")
-        if block == "transformer" and hidden_dim % num_heads:
-            raise ValueError(
-                f"num_heads={num_heads} must divide hidden_dim={hidden_dim}."
-            )
-        if block == "lstm" and position == "rotary":
-            raise ValueError("Rotary positions act inside attention; an LSTM GPT has none.")
-        self.vocab_size = vocab_size
-        self.num_layers = num_layers
-        self.num_heads = num_heads
-        self.hidden_dim = hidden_dim
-        self.intermediate_dim = intermediate_dim
-        self.max_sequence_length = max_sequence_length
-        self.block = block
-        self.position = position
-        self.num_kv_heads = num_kv_heads
-        self.activation = activation
-        self.norm = norm
-        self.norm_position = norm_position
-        self.layer_norm_epsilon = layer_norm_epsilon
-        self.dropout = dropout
-        self.tie_embeddings = tie_embeddings
-        self.use_bias = use_bias
-        self.rope_max_wavelength = rope_max_wavelength
-        self.remat = remat
-        self.tokenizer = deserialize_tokenizer(tokenizer)
-        check_tokenizer(self.tokenizer, vocab_size)
+            raise ValueError(f"Unknown block {block!r}; expected one of {sorted(BLOCKS)}.")
+        if block == "lstm":
+            _check_unused_transformer_arguments(locals())
+        block_arguments = {name: value for name, value in locals().items()
+                           if name in BLOCKS[block].arguments}
+        self.set_config(
+            vocab_size=vocab_size,
+            num_layers=num_layers,
+            hidden_dim=hidden_dim,
+            max_sequence_length=max_sequence_length,
+            block=block,
+            position=position,
+            norm=norm,
+            layer_norm_epsilon=layer_norm_epsilon,
+            dropout=dropout,
+            tie_embeddings=tie_embeddings,
+            initializer_range=initializer_range,
+            remat=remat,
+            **block_arguments,
+        )
 
-        # GPT-2's initialization: normal(0, 0.02) for every matrix.
-        initializer = keras.initializers.RandomNormal(stddev=0.02)
+        # GPT-2's initialization: normal(0, initializer_range) for every matrix, and with
+        # scaled_residual_init the projections into the residual stream (attention output,
+        # feed-forward down) at initializer_range / sqrt(2 * num_layers).
         self.embedding = TokenAndPositionEmbedding(
             vocab_size,
             max_sequence_length,
             hidden_dim,
             position=position,
             tie_weights=tie_embeddings,
-            embeddings_initializer=initializer,
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=initializer_range),
             dtype=self.dtype_policy,
             name="embedding",
         )
         self.embedding_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
-        if block == "transformer":
-            self.blocks = [
-                TransformerBlock(
-                    num_heads,
-                    intermediate_dim,
-                    num_kv_heads=num_kv_heads,
-                    causal=True,
-                    rotary=position == "rotary",
-                    rope_max_wavelength=rope_max_wavelength,
-                    activation=activation,
-                    norm=norm,
-                    norm_position=norm_position,
-                    layer_norm_epsilon=layer_norm_epsilon,
-                    dropout=dropout,
-                    use_bias=use_bias,
-                    kernel_initializer=initializer,
-                    dtype=self.dtype_policy,
-                    name=f"block_{i}",
-                )
-                for i in range(num_layers)
-            ]
-        else:
-            self.blocks = [
-                LSTMBlock(
-                    norm=norm,
-                    layer_norm_epsilon=layer_norm_epsilon,
-                    dropout=dropout,
-                    dtype=self.dtype_policy,
-                    name=f"block_{i}",
-                )
-                for i in range(num_layers)
-            ]
+        self.blocks = BLOCKS[block].build(
+            num_layers,
+            hidden_dim,
+            causal=True,
+            position=position,
+            norm=norm,
+            layer_norm_epsilon=layer_norm_epsilon,
+            dropout=dropout,
+            initializer=keras.initializers.RandomNormal(stddev=initializer_range),
+            dtype=self.dtype_policy,
+            **block_arguments,
+        )
         self.final_norm = normalization(norm, layer_norm_epsilon, self.dtype_policy, "final_norm")
-
-    @classmethod
-    def from_preset(cls, name, **overrides):
-        """A GPT built from the named preset (fresh weights), with `overrides` applied."""
-        return cls(**resolve_preset(GPT_PRESETS, name, overrides))
-
 
     def build(self, input_shape):
         hidden_shape = (*input_shape, self.hidden_dim)
@@ -180,12 +148,7 @@ class GPT(keras.Model):
         return [block.init_cache(batch_size, max_length) for block in self.blocks]
 
     def call(self, token_ids, cache=None, cache_index=None, training=None):
-        length = token_ids.shape[1]
-        if length is not None and length > self.max_sequence_length:
-            raise ValueError(
-                f"The input has {length} tokens but the model's context is "
-                f"{self.max_sequence_length} (max_sequence_length)."
-            )
+        self.check_length(token_ids)
         start = 0 if cache_index is None else cache_index
         x = self.embedding(token_ids, start_index=start)  # (B, T, C)
         x = self.embedding_dropout(x, training=training)
@@ -255,30 +218,13 @@ class GPT(keras.Model):
         return stream(self, prompt, max_new_tokens, sampler, stop_tokens, seed, truncate,
                       **sampler_options)
 
-    def compute_output_shape(self, input_shape):
-        return (*input_shape, self.vocab_size)
 
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "vocab_size": self.vocab_size,
-            "num_layers": self.num_layers,
-            "num_heads": self.num_heads,
-            "hidden_dim": self.hidden_dim,
-            "intermediate_dim": self.intermediate_dim,
-            "max_sequence_length": self.max_sequence_length,
-            "block": self.block,
-            "position": self.position,
-            "num_kv_heads": self.num_kv_heads,
-            "activation": self.activation,
-            "norm": self.norm,
-            "norm_position": self.norm_position,
-            "layer_norm_epsilon": self.layer_norm_epsilon,
-            "dropout": self.dropout,
-            "tie_embeddings": self.tie_embeddings,
-            "use_bias": self.use_bias,
-            "rope_max_wavelength": self.rope_max_wavelength,
-            "remat": self.remat,
-            "tokenizer": serialize_tokenizer(self.tokenizer),
-        }
-
+def _check_unused_transformer_arguments(arguments):
+    """An LSTM GPT has no attention or feed-forward: refuse their settings."""
+    defaults = inspect.signature(GPT.__init__).parameters
+    given = [name for name in TRANSFORMER_ARGUMENTS if arguments[name] != defaults[name].default]
+    if given:
+        raise ValueError(f"{', '.join(given)} configure transformer blocks; "
+                         "a GPT of block='lstm' takes none of them.")
+    if arguments["position"] == "rotary":
+        raise ValueError("Rotary positions act inside attention; an LSTM GPT has none.")

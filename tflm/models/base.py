@@ -1,0 +1,130 @@
+"""What GPT and Encoder share: configuration, presets, tokenizer, context, block factories."""
+
+import collections
+import math
+
+import keras
+
+from tflm.layers import LSTMBlock, TransformerBlock
+from tflm.layers.initializers import clone_initializer
+from tflm.models.attached_tokenizer import (
+    check_tokenizer,
+    deserialize_tokenizer,
+    serialize_tokenizer,
+)
+from tflm.models.presets import resolve_preset
+
+
+class Backbone(keras.Model):
+    """The shared base of `GPT` and `Encoder`.
+
+    A subclass names its `presets` and calls `set_config(**arguments)` with every
+    constructor argument it will need again: they become attributes and its
+    `get_config()`. The optional `tokenizer` (a `tflm.tokenizers` layer or its
+    serialized config) travels with the model and must fit its `vocab_size`.
+    """
+
+    presets = {}  # name -> complete configuration
+    noun = "model"  # how errors name it
+
+    def __init__(self, tokenizer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.tokenizer = deserialize_tokenizer(tokenizer)
+
+    def set_config(self, **config):
+        for name, value in config.items():
+            setattr(self, name, value)
+        self._config_names = tuple(config)
+        check_tokenizer(self.tokenizer, self.vocab_size)
+
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        """The named preset's architecture (fresh weights), with `overrides` applied."""
+        return cls(**resolve_preset(cls.presets, name, overrides))
+
+    def check_length(self, token_ids):
+        """Fail when `token_ids` (B, T) is longer than the context."""
+        length = token_ids.shape[1]
+        if length is not None and length > self.max_sequence_length:
+            raise ValueError(
+                f"The input has {length} tokens but the {self.noun}'s context is "
+                f"{self.max_sequence_length} (max_sequence_length)."
+            )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            **{name: getattr(self, name) for name in self._config_names},
+            "tokenizer": serialize_tokenizer(self.tokenizer),
+        }
+
+
+# -- the block factories: `block` picks one ------------------------------------------------
+
+TRANSFORMER_ARGUMENTS = (
+    "num_heads", "intermediate_dim", "num_kv_heads", "activation", "norm_position", "use_bias",
+    "rope_max_wavelength", "scaled_residual_init",
+)
+
+
+def transformer_blocks(num_layers, hidden_dim, *, causal, position, norm, layer_norm_epsilon,
+                       dropout, initializer, dtype, num_heads, intermediate_dim, num_kv_heads=None,
+                       activation="gelu", norm_position="pre", use_bias=True,
+                       rope_max_wavelength=10000.0, scaled_residual_init=False):
+    """`num_layers` `TransformerBlock`s, each with initializers of its own.
+
+    With `scaled_residual_init`, the two projections of a block that write into the
+    residual stream start at 1/sqrt(2 * num_layers) of `initializer`'s deviation (GPT-2),
+    so the stream's variance does not grow with depth.
+    """
+    for name, value in (("num_heads", num_heads), ("intermediate_dim", intermediate_dim)):
+        if not value:
+            raise ValueError(f"Transformer blocks need {name}; got {value!r}.")
+    if hidden_dim % num_heads:
+        raise ValueError(f"num_heads={num_heads} must divide hidden_dim={hidden_dim}.")
+    output_initializer = clone_initializer(initializer)
+    if scaled_residual_init:
+        config = initializer.get_config()
+        config["stddev"] /= math.sqrt(2 * num_layers)
+        output_initializer = initializer.__class__.from_config(config)
+    return [
+        TransformerBlock(
+            num_heads,
+            intermediate_dim,
+            num_kv_heads=num_kv_heads,
+            causal=causal,
+            rotary=position == "rotary",
+            rope_max_wavelength=rope_max_wavelength,
+            activation=activation,
+            norm=norm,
+            norm_position=norm_position,
+            layer_norm_epsilon=layer_norm_epsilon,
+            dropout=dropout,
+            use_bias=use_bias,
+            kernel_initializer=clone_initializer(initializer),
+            output_kernel_initializer=clone_initializer(output_initializer),
+            dtype=dtype,
+            name=f"block_{i}",
+        )
+        for i in range(num_layers)
+    ]
+
+
+def lstm_blocks(num_layers, hidden_dim, *, causal, position, norm, layer_norm_epsilon, dropout, initializer,
+                dtype):
+    """`num_layers` residual `LSTMBlock`s (causal by nature; Keras' LSTM initializers)."""
+    return [
+        LSTMBlock(norm=norm, layer_norm_epsilon=layer_norm_epsilon, dropout=dropout, dtype=dtype,
+                  name=f"block_{i}")
+        for i in range(num_layers)
+    ]
+
+
+class BlockKind(collections.namedtuple("BlockKind", ["build", "arguments"])):
+    """A block factory and the model arguments that only it takes."""
+
+
+BLOCKS = {
+    "transformer": BlockKind(transformer_blocks, TRANSFORMER_ARGUMENTS),
+    "lstm": BlockKind(lstm_blocks, ()),
+}
