@@ -32,10 +32,21 @@ class GPT(Backbone):
     `cache_index` (the position of the first token of `token_ids`), and the call
     returns `(logits, cache)`.
 
-    Example:
     A `tokenizer` (a `tflm.tokenizers` layer) can travel with the model: it is saved in
     the `.keras` archive and used by generation and export.
 
+    Initialization is GPT-2's: every matrix from normal(0, `initializer_range`), each
+    sublayer with a draw of its own; with `scaled_residual_init` (transformer blocks) the
+    attention output and feed-forward down projections, which write into the residual
+    stream, from normal(0, initializer_range / sqrt(2 * num_layers)) as GPT-2 and nanoGPT.
+    Every GPT preset uses initializer_range=0.02 and scaled_residual_init=True.
+
+    Arguments after `block` up to `remat` apply to both kinds of block; `num_heads`,
+    `intermediate_dim`, `num_kv_heads`, `activation`, `norm_position`, `use_bias`,
+    `rope_max_wavelength` and `scaled_residual_init` configure transformer blocks, and an
+    LSTM GPT refuses them.
+
+    Example:
     >>> model = GPT.from_preset("shakespeare-char")
     >>> logits = model(np.zeros((2, 16), "int32"))                 # (2, 16, 65)
     >>> cache = model.init_cache(batch_size=2, max_length=32)
