@@ -3,7 +3,9 @@ import json
 import numpy as np
 import pytest
 
+from tests.helpers import ROOT
 from tflm.data import classification_dataset
+from tflm.data.classification import read_labelled
 from tflm.tokenizers import ByteTokenizer, WordPieceTokenizer
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "film", "very"]
@@ -51,8 +53,10 @@ def test_truncates_to_seq_len_and_keeps_given_label_order(tmp_path):
     np.testing.assert_array_equal(labels, [0, 1])
 
 
-def test_sst2_labels(tmp_path):
-    ds = classification_dataset("tests/data/sst2_sample.tsv", ByteTokenizer(), batch_size=8)
+def test_sst2_labels(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the sample is found wherever the tests run from
+    sample = ROOT / "tests" / "data" / "sst2_sample.tsv"
+    ds = classification_dataset(sample, ByteTokenizer(), batch_size=8)
     assert ds.label_names == ["0", "1"]
 
 
@@ -68,6 +72,59 @@ def test_bad_files_are_errors(tmp_path):
     (tmp_path / "d.xml").write_text("<a/>")
     with pytest.raises(ValueError, match="unknown format"):
         classification_dataset(str(tmp_path / "d.xml"), ByteTokenizer())
+
+
+def test_a_csv_row_without_its_label_or_text_names_the_file_and_line(tmp_path):
+    path = tmp_path / "d.csv"
+    # the quoted text spans lines 3-4, so the row after it starts on line 5
+    path.write_text('text,label\ngood film,pos\n"bad,\nfilm",neg\nno label here\n')
+    with pytest.raises(ValueError, match=r"d.csv, line 5: no label in column 'label'\."):
+        read_labelled(path, "text", "label")
+    path.write_text("text,label\ngood film,pos\n\nempty label,\n")
+    with pytest.raises(ValueError, match=r"d.csv, line 4: no label in column 'label'\."):
+        read_labelled(path, "text", "label")
+    path.write_text("label,text\npos,good film\nneg\n")
+    with pytest.raises(ValueError, match=r"d.csv, line 3: no text in column 'text'\."):
+        read_labelled(path, "text", "label")
+    # an unquoted comma in a text would shift the label
+    path.write_text("text,label\ngood film,pos\nbad, bad film,neg\n")
+    with pytest.raises(ValueError, match=r"d.csv, line 3: 3 fields, but the header names 2; quote"):
+        read_labelled(path, "text", "label")
+    # a comma that ends every line adds no field
+    path.write_text("text,label,\ngood film,pos,\nbad film,neg,\n")
+    assert read_labelled(path, "text", "label") == (["good film", "bad film"], ["pos", "neg"])
+
+
+@pytest.mark.parametrize("line, error", [
+    ('{"text": null, "label": "pos"}', "line 3: no text in column 'text'"),
+    ('{"text": 7, "label": "pos"}', "line 3: the text \\('text'\\) is not a string: 7"),
+    ('{"text": "ok", "label": null}', "line 3: no label in column 'label'"),
+    ('{"text": "ok"}', "line 3: no label in column 'label'"),
+    ('{"text": "ok", "label": ["pos"]}',
+     "line 3: the label \\('label'\\) is not a string or a number: \\['pos'\\]"),
+    ('["ok", "pos"]', "line 3: a JSON list; each line is an object"),
+    ('{"text": "ok", "label": "pos"', "line 3: invalid JSON"),
+])
+def test_a_bad_json_line_names_the_file_and_line(tmp_path, line, error):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "good film", "label": "pos"}\n\n' + line + "\n")  # line 2 is blank
+    with pytest.raises(ValueError, match="d.jsonl, " + error):
+        classification_dataset(str(path), ByteTokenizer())
+
+
+def test_json_labels_may_be_numbers_and_texts_may_be_empty(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "good", "label": 1}\n{"text": "", "label": 0}\n')
+    assert read_labelled(path, "text", "label") == (["good", ""], ["1", "0"])
+
+
+def test_a_directory_or_several_files_is_an_error_saying_what_to_pass(tmp_path):
+    write_rows(tmp_path / "a.csv", [{"text": "a", "label": "yes"}], "csv")
+    write_rows(tmp_path / "b.csv", [{"text": "b", "label": "no"}], "csv")
+    with pytest.raises(IsADirectoryError, match="is a directory; pass a file or a glob"):
+        classification_dataset(str(tmp_path), ByteTokenizer())
+    with pytest.raises(ValueError, match=r"names 2 files; labelled data is one file"):
+        classification_dataset(str(tmp_path / "*.csv"), ByteTokenizer())
 
 
 def test_bucket_by_length_pads_less_and_keeps_every_example_once():

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.helpers import tiny_gpt
 from tflm.data import lm_dataset, mlm_dataset, sources
 from tflm.data.corpora import tiny_shakespeare
-from tflm.models import GPT
 from tflm.tokenizers import ByteTokenizer, CharTokenizer, WordPieceTokenizer
 
 DOCUMENTS = ["The quick brown fox.", "jumps over", "the lazy dog!" * 3]
@@ -89,10 +89,30 @@ def test_validation_split_is_the_contiguous_tail():
     np.testing.assert_array_equal(validation_batches[0][0][0], tokens[start : start + 256])
 
 
-def test_a_multi_batch_pipeline_is_prefetched():
-    ds = lm_dataset(DOCUMENTS, ByteTokenizer(), 4, 2)
-    assert "Prefetch" in type(ds).__name__
-    assert ds.element_spec[0].shape == (2, 4)
+def last_transformation(ds):
+    """The op that yields `ds`'s elements and the constants it takes, read from the graph
+    that tf.data serializes for the pipeline."""
+    serialized = tf.raw_ops.DatasetToGraphV2(input_dataset=ds._variant_tensor)
+    graph = tf.compat.v1.GraphDef.FromString(serialized.numpy())
+    nodes = {node.name: node for node in graph.node}
+    [output] = [node for node in graph.node if node.op == "_Retval"]
+    last = nodes[output.input[0]]
+    constants = [tf.make_ndarray(nodes[name].attr["value"].tensor) for name in last.input
+                 if nodes[name].op == "Const"]
+    return last.op, constants
+
+
+def test_every_split_prefetches_full_batches():
+    """The next batch is prepared while the model trains on this one: each split ends in
+    a prefetch whose buffer tf.data tunes; every batch is full, its shape static."""
+    docs = [f"document {i} " * 3 for i in range(30)]
+    train, validation = lm_dataset(docs, ByteTokenizer(), 4, 2, validation_split=0.2,
+                                   subset="both")
+    endless = lm_dataset(docs, ByteTokenizer(), 4, 2, repeat=True)
+    for ds in (train, validation, endless):
+        assert last_transformation(ds) == ("PrefetchDataset", [tf.data.AUTOTUNE])
+        assert ds.element_spec[0].shape == ds.element_spec[1].shape == (2, 4)
+    assert all(x.shape == y.shape == (2, 4) for x, y in batches(train) + batches(validation))
 
 
 def test_missing_empty_and_too_small_corpora_are_errors(tmp_path):
@@ -108,6 +128,18 @@ def test_missing_empty_and_too_small_corpora_are_errors(tmp_path):
         lm_dataset(["0123456789"], tokenizer, 8, 2)
     with pytest.raises(ValueError, match="yields 0 block"):
         lm_dataset([], tokenizer, 8, 2)
+
+
+def test_a_directory_is_an_error_that_suggests_a_glob(tmp_path):
+    (tmp_path / "books").mkdir()
+    (tmp_path / "books" / "a.txt").write_text("some text " * 20)
+    with pytest.raises(IsADirectoryError, match=r"'.*books' is a directory; .* such as '.*books/\*.txt'"):
+        lm_dataset(str(tmp_path / "books"), ByteTokenizer(), 8, 2)
+    with pytest.raises(IsADirectoryError, match=r"'.*books' is a directory"):  # matched by a glob
+        lm_dataset(str(tmp_path / "*"), ByteTokenizer(), 8, 2)
+    # the glob it suggests reads the files: 200 bytes between two EOS, blocks of 8, batches of 2
+    got = batches(lm_dataset(str(tmp_path / "books" / "*.txt"), ByteTokenizer(), 8, 2))
+    assert len(got) == (200 + 2 - 1) // 8 // 2
 
 
 def test_invalid_utf8_names_file_and_offset_unless_replaced(tmp_path, monkeypatch):
@@ -133,7 +165,7 @@ def test_invalid_utf8_names_file_and_offset_unless_replaced(tmp_path, monkeypatc
 
 def test_checks_against_the_model():
     tokenizer = CharTokenizer.train("abcdefgh")
-    model = GPT(8, 1, 2, 8, 16, max_sequence_length=4)
+    model = tiny_gpt(vocab_size=8, max_sequence_length=4)
     with pytest.raises(ValueError, match="seq_len=5 is larger than the model's context of 4"):
         lm_dataset(["abcdefgh" * 4], tokenizer, 5, 1, model=model)
     with pytest.raises(ValueError, match="has 257 tokens but the model's vocabulary has 8"):
@@ -143,7 +175,7 @@ def test_checks_against_the_model():
 
 
 def test_token_id_above_the_vocabulary_is_an_error():
-    model = GPT(100, 1, 2, 8, 16, max_sequence_length=8)
+    model = tiny_gpt(vocab_size=100)
     tokenizer = ByteTokenizer()
     tokenizer.vocabulary_size = lambda: 100  # a tokenizer that lies about its size
     with pytest.raises(ValueError, match="the id 256, at or above the model vocabulary size 100"):

@@ -13,28 +13,97 @@ FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
 
 
 def read_labelled(path, text_column, label_column):
-    """`(texts, labels)` from a CSV/TSV (with a header row) or JSON-lines file."""
-    [path] = resolve_files(path)
+    """`(texts, labels)` from a CSV/TSV (with a header row) or JSON-lines file.
+
+    Every row needs a text (a string; it may be empty) and a label (a string or a number,
+    not empty). A row that lacks either, has more fields than the header, or is not a
+    JSON object is a `ValueError` naming the file and line: it never becomes the text or
+    the class "None". Blank lines are skipped.
+    """
+    files = resolve_files(path)
+    if len(files) != 1:
+        raise ValueError(
+            f"{os.fspath(path)!r} names {len(files)} files; labelled data is one file."
+        )
+    [path] = files
     kind = FORMATS.get(os.path.splitext(path)[1].lower())
     if kind is None:
         raise ValueError(f"{path}: unknown format; expected one of {sorted(FORMATS)}.")
     with open(path, encoding="utf-8", newline="") as f:
         if kind == "jsonl":
-            rows = [json.loads(line) for line in f if line.strip()]
-            columns = set().union(*(row.keys() for row in rows)) if rows else set()
+            rows = _json_lines(f, path)
+            columns = set().union(*(row.keys() for _, row in rows))
         else:
-            reader = csv.DictReader(
-                f, delimiter="\t" if kind == "tsv" else ",",
-                quoting=csv.QUOTE_NONE if kind == "tsv" else csv.QUOTE_MINIMAL,
-            )
-            rows = list(reader)
-            columns = set(reader.fieldnames or ())
+            rows, columns = _delimited_rows(f, path, kind)
     for column in (text_column, label_column):
         if column not in columns:
             raise ValueError(f"{path}: no column {column!r}; the columns are {sorted(columns)}.")
     if not rows:
         raise ValueError(f"{path}: no rows.")
-    return [str(row[text_column]) for row in rows], [str(row[label_column]) for row in rows]
+    pairs = [_text_and_label(row.get(text_column), row.get(label_column), text_column, label_column,
+                             f"{path}, line {line}") for line, row in rows]
+    return [text for text, _ in pairs], [label for _, label in pairs]
+
+
+def _text_and_label(text, label, text_column, label_column, where):
+    """`(text, label string)` of one row, checked: `where` names the row in errors."""
+    if text is None:
+        raise ValueError(f"{where}: no text in column {text_column!r}.")
+    if not isinstance(text, str):
+        raise ValueError(f"{where}: the text ({text_column!r}) is not a string: {text!r:.40}")
+    if label is None or label == "":
+        raise ValueError(f"{where}: no label in column {label_column!r}.")
+    if not isinstance(label, (str, int, float)):
+        raise ValueError(
+            f"{where}: the label ({label_column!r}) is not a string or a number: {label!r:.40}"
+        )
+    return text, str(label)
+
+
+def _json_lines(f, path):
+    """`[(line number, object)]` of a JSON-lines file."""
+    rows = []
+    for number, line in enumerate(f, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{path}, line {number}: invalid JSON ({error.msg}, column {error.colno})."
+            ) from None
+        if not isinstance(row, dict):
+            raise ValueError(
+                f"{path}, line {number}: a JSON {type(row).__name__}; each line is an object "
+                'such as {"text": "...", "label": "..."}.'
+            )
+        rows.append((number, row))
+    return rows
+
+
+def _delimited_rows(f, path, kind):
+    """`([(line number, {column: value})], columns)` of a CSV or TSV file with a header row.
+
+    A short row lacks its last columns (an error later names the one needed); a long one
+    is an error here: an unquoted comma (or a tab) in a text shifts the label.
+    """
+    reader = csv.reader(
+        f, delimiter="\t" if kind == "tsv" else ",",
+        quoting=csv.QUOTE_NONE if kind == "tsv" else csv.QUOTE_MINIMAL,
+    )
+    header = next(reader, [])
+    rows, start = [], reader.line_num + 1
+    for fields in reader:
+        if len(fields) > len(header) and any(fields[len(header):]):
+            advice = "quote a text with a comma" if kind == "csv" else "a text may not hold a tab"
+            raise ValueError(
+                f"{path}, line {start}: {len(fields)} fields, but the header names "
+                f"{len(header)}; {advice}."
+            )
+        if fields:  # blank lines are skipped, as csv.DictReader does
+            rows.append((start, dict(zip(header, fields))))
+        start = reader.line_num + 1  # a quoted field may span lines
+    return rows, set(header)
 
 
 def encode_labels(labels, label_names=None, path="the data"):

@@ -15,12 +15,21 @@ _PIECES_PER_CALL = 256  # lines (or documents) tokenized per tokenizer call
 
 
 def resolve_files(pattern):
-    """The files a path or glob names, in sorted order; an error when there are none."""
+    """The files a path or glob names, in sorted order; an error when there are none.
+
+    A directory is an error rather than read whole: it may hold files that are not text
+    (a .DS_Store, a checkpoint), so the caller names its files with a glob (DIR/*.txt).
+    """
     pattern = os.fspath(pattern)
     files = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
     if not files:
         raise FileNotFoundError(f"No file matches {pattern!r}.")
     for path in files:
+        if os.path.isdir(path):
+            raise IsADirectoryError(
+                f"{path!r} is a directory; pass a file or a glob of its files, such as "
+                f"{os.path.join(path, '*.txt')!r}."
+            )
         if not os.path.isfile(path):
             raise FileNotFoundError(f"Corpus file not found: {path!r}.")
     return files
