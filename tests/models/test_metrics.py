@@ -1,7 +1,7 @@
 import numpy as np
 
-from tflm.models import GPT, Perplexity
-from tests.helpers import to_numpy
+from tests.helpers import tiny_gpt, to_numpy
+from tflm.models import Perplexity
 
 
 def numpy_cross_entropy(labels, logits):
@@ -32,10 +32,15 @@ def test_perplexity_is_exp_of_mean_token_cross_entropy_over_all_updates():
 
 
 def test_compile_defaults_report_loss_perplexity_and_accuracy():
-    model = GPT(11, 1, 2, 16, 32, 8)
+    model = tiny_gpt(vocab_size=11, hidden_dim=16, intermediate_dim=32, max_sequence_length=8)
     model.compile()
-    ids = np.random.default_rng(1).integers(0, 11, (4, 9)).astype("int32")
-    logs = model.evaluate(ids[:, :-1], ids[:, 1:], verbose=0, return_dict=True)
+    ids = np.random.default_rng(1).integers(0, 11, (32, 9)).astype("int32")
+    inputs, labels = ids[:, :-1], ids[:, 1:]
+    logs = model.evaluate(inputs, labels, verbose=0, return_dict=True)
     assert set(logs) == {"loss", "perplexity", "token_accuracy"}
+    logits = to_numpy(model(inputs)).astype("float64")
+    np.testing.assert_allclose(logs["loss"], numpy_cross_entropy(labels, logits).mean(), rtol=1e-4)
     np.testing.assert_allclose(logs["perplexity"], np.exp(logs["loss"]), rtol=1e-4)
-    assert 0.0 <= logs["token_accuracy"] <= 1.0
+    accuracy = (logits.argmax(-1) == labels).mean()
+    assert 0 < accuracy < 1  # some tokens right, some wrong: the comparison can tell
+    np.testing.assert_allclose(logs["token_accuracy"], accuracy, atol=1e-6)
