@@ -2,29 +2,12 @@
 
 import itertools
 
-import keras
 import numpy as np
 import pytest
 from keras import ops
 
 from tflm.generation import Beam, Greedy, Random, TopK, TopP
 from tflm.generation.decode import compiled_loops
-from tflm.models import GPT
-
-
-def tiny_gpt(block="transformer", **overrides):
-    keras.utils.set_random_seed(0)
-    config = dict(
-        vocab_size=11, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
-        max_sequence_length=48, block=block,
-        position="rotary" if block == "transformer" else "sinusoidal",
-        num_kv_heads=1 if block == "transformer" else None, tie_embeddings=False,
-    )
-    model = GPT(**{**config, **overrides})
-    model.build((1, 8))
-    # Sharper logits than a fresh initialization gives, so that samplers make real choices.
-    model.set_weights([w * 2 for w in model.get_weights()])
-    return model
 
 
 def full_forward_greedy(model, prompt, steps):
@@ -36,8 +19,8 @@ def full_forward_greedy(model, prompt, steps):
 
 
 @pytest.mark.parametrize("block", ["transformer", "lstm"])
-def test_greedy_equals_argmax_of_full_forward_passes(block):
-    model = tiny_gpt(block)
+def test_greedy_equals_argmax_of_full_forward_passes(make_gpt, block):
+    model = make_gpt(block)
     prompt = [3, 1, 4, 1, 5]
     expected = full_forward_greedy(model, prompt, 12)
     assert model.generate(prompt, max_new_tokens=12) == expected
@@ -45,8 +28,8 @@ def test_greedy_equals_argmax_of_full_forward_passes(block):
 
 
 @pytest.mark.parametrize("block", ["transformer", "lstm"])
-def test_a_batch_of_different_lengths_equals_each_prompt_alone(block):
-    model = tiny_gpt(block)
+def test_a_batch_of_different_lengths_equals_each_prompt_alone(make_gpt, block):
+    model = make_gpt(block)
     prompts = [[3, 1, 4, 1, 5, 9, 2], [2, 7], [1, 8, 2, 8]]
     together = model.generate(prompts, max_new_tokens=9)
     assert together == [model.generate(p, max_new_tokens=9) for p in prompts]
@@ -54,16 +37,16 @@ def test_a_batch_of_different_lengths_equals_each_prompt_alone(block):
     assert beams == [model.generate(p, max_new_tokens=6, sampler=Beam(3)) for p in prompts]
 
 
-def test_same_seed_same_tokens_other_seed_other_tokens():
-    model = tiny_gpt()
+def test_same_seed_same_tokens_other_seed_other_tokens(make_gpt):
+    model = make_gpt()
     prompts = [[1, 2, 3], [4, 5]]
     first = model.generate(prompts, 20, sampler=Random(temperature=1.5), seed=7)
     assert model.generate(prompts, 20, sampler=Random(temperature=1.5), seed=7) == first
     assert model.generate(prompts, 20, sampler=Random(temperature=1.5), seed=8) != first
 
 
-def test_top_k_never_picks_outside_the_k_best():
-    model = tiny_gpt()
+def test_top_k_never_picks_outside_the_k_best(make_gpt):
+    model = make_gpt()
     prompt = [1, 2, 3]
     for seed in range(3):
         generated = model.generate(prompt, 10, sampler=TopK(3, temperature=3.0), seed=seed)
@@ -74,8 +57,8 @@ def test_top_k_never_picks_outside_the_k_best():
             ids.append(token)
 
 
-def test_stop_tokens_end_exactly_at_the_first_stop():
-    model = tiny_gpt()
+def test_stop_tokens_end_exactly_at_the_first_stop(make_gpt):
+    model = make_gpt()
     prompts = [[3, 1, 4], [2, 7, 1, 8]]
     free = model.generate(prompts, 16)
     stop = free[0][5]
@@ -86,14 +69,14 @@ def test_stop_tokens_end_exactly_at_the_first_stop():
     assert len(stopped[0]) == free[0].index(stop) <= 5
 
 
-def test_beam_search_with_one_beam_is_greedy():
-    model = tiny_gpt()
+def test_beam_search_with_one_beam_is_greedy(make_gpt):
+    model = make_gpt()
     prompts = [[3, 1, 4], [2]]
     assert model.generate(prompts, 10, sampler=Beam(1)) == model.generate(prompts, 10)
 
 
-def test_wide_beam_finds_the_most_likely_sequence():
-    model = tiny_gpt(vocab_size=5)
+def test_wide_beam_finds_the_most_likely_sequence(make_gpt):
+    model = make_gpt(vocab_size=5)
     prompt = [1, 2]
 
     def log_prob(continuation):
@@ -110,8 +93,8 @@ def test_wide_beam_finds_the_most_likely_sequence():
     assert log_prob(best) >= log_prob(greedy)
 
 
-def test_compiles_once_per_length_bucket():
-    model = tiny_gpt()
+def test_compiles_once_per_length_bucket(make_gpt):
+    model = make_gpt()
     model.generate([1, 2], 5)
     model.generate([3, 4, 5], 9)  # same batch, same bucket of total length
     model.generate([1, 2], 5, sampler=Greedy())
@@ -120,16 +103,16 @@ def test_compiles_once_per_length_bucket():
     assert len(compiled_loops(model)) == 2
 
 
-def test_streaming_yields_what_generate_returns():
-    model = tiny_gpt()
+def test_streaming_yields_what_generate_returns(make_gpt):
+    model = make_gpt()
     sampler = TopP(0.8, temperature=2.0)
     assert list(model.stream([1, 2, 3], 12, sampler=sampler, seed=4)) == model.generate(
         [1, 2, 3], 12, sampler=sampler, seed=4
     )
 
 
-def test_repetition_penalty_matches_a_reference_loop():
-    model = tiny_gpt()
+def test_repetition_penalty_matches_a_reference_loop(make_gpt):
+    model = make_gpt()
     prompt, penalty = [1, 2, 3], 3.0
     ids = list(prompt)
     for _ in range(15):  # CTRL's rule on full forward passes, by hand
@@ -142,8 +125,8 @@ def test_repetition_penalty_matches_a_reference_loop():
     assert penalized != model.generate(prompt, 15)
 
 
-def test_prompt_too_long_is_an_error_unless_truncated():
-    model = tiny_gpt()
+def test_prompt_too_long_is_an_error_unless_truncated(make_gpt):
+    model = make_gpt()
     prompt = list(np.arange(40) % 11)
     with pytest.raises(ValueError, match="A prompt of 40 tokens plus max_new_tokens=10 exceeds .* 48"):
         model.generate(prompt, 10)
@@ -151,8 +134,8 @@ def test_prompt_too_long_is_an_error_unless_truncated():
     assert truncated == model.generate(prompt[-38:], 10)
 
 
-def test_bad_input_is_an_error():
-    model = tiny_gpt()
+def test_bad_input_is_an_error(make_gpt):
+    model = make_gpt()
     with pytest.raises(ValueError, match="outside the vocabulary"):
         model.generate([1, 11], 3)
     with pytest.raises(ValueError, match="is empty"):

@@ -6,14 +6,13 @@ import sys
 import numpy as np
 import pytest
 
-from tflm.models import GPT
+from tests.helpers import tiny_gpt
 from tflm.tokenizers import ByteTokenizer, CharTokenizer
-from tests.generation.test_decode import tiny_gpt
 
 
 @pytest.fixture(scope="module")
-def byte_model():
-    return tiny_gpt(vocab_size=257, tokenizer=ByteTokenizer())
+def byte_model(make_gpt):
+    return make_gpt(vocab_size=257, tokenizer=ByteTokenizer())
 
 
 def test_text_in_text_out(byte_model):
@@ -32,9 +31,9 @@ def test_stream_text_matches_generate(byte_model):
     )
 
 
-def test_stop_tokens_by_name_and_eos_by_default():
+def test_stop_tokens_by_name_and_eos_by_default(make_gpt):
     tokenizer = CharTokenizer.train("abcdef", eos_token="<eos>")
-    model = tiny_gpt(vocab_size=7, tokenizer=tokenizer)
+    model = make_gpt(vocab_size=7, tokenizer=tokenizer)
     options = dict(sampler="random", seed=1)
     ids = model.generate(np.asarray(tokenizer("abc")).tolist(), 30, stop_tokens=[], **options)
     eos = tokenizer.eos_token_id
@@ -72,7 +71,7 @@ def test_cli_errors_are_messages(tmp_path):
 
     with pytest.raises(SystemExit, match="cannot load a model from"):
         main(["generate", "--model", str(tmp_path / "missing.keras"), "Hi"])
-    model = GPT(11, 1, 2, 8, 16, 8)
+    model = tiny_gpt()
     model.build((1, 4))
     model.save(tmp_path / "bare.keras")
     with pytest.raises(SystemExit, match="has no tokenizer"):

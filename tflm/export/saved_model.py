@@ -31,7 +31,7 @@ import keras
 import tensorflow as tf
 
 from tflm.data.classification import encode_texts
-from tflm.generation.decode import LENGTH_BUCKET, MAX_STOP_TOKENS, _make_loop
+from tflm.generation.decode import LENGTH_BUCKET, MAX_STOP_TOKENS, make_decode_loop
 from tflm.generation.samplers import PerRow
 from tflm.models import GPT, Classifier
 from tflm.tokenizers import tokenize_batch
@@ -96,7 +96,7 @@ def _gpt_archive(model, max_new_tokens):
         total = tf.minimum(-(-tf.reduce_max(ends) // LENGTH_BUCKET) * LENGTH_BUCKET, context)
         buffer = ids.to_tensor(0, shape=tf.stack([ids.nrows(), tf.cast(total, tf.int64)]))
         sampler = PerRow(temperature, top_k, top_p)
-        loop = tf.function(_make_loop(model, sampler, PREFILL, beams=1), jit_compile=True)
+        loop = tf.function(make_decode_loop(model, sampler, PREFILL), jit_compile=True)
         tokens, _ = loop(buffer, lengths, max_new_tokens, seed, stops)
         positions = tf.range(total)[None, :]
         generated = (positions >= lengths[:, None]) & (positions < ends[:, None])

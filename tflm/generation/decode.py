@@ -1,14 +1,26 @@
 """The cached decode loop, compiled once per (batch, length bucket, sampler) and reused.
 
 One loop serves every sampler: the prompt (right-padded) fills the key/value cache in one
-call, then each step feeds one token through the model's own `call` with the cache and
-writes the chosen token into a preallocated buffer; rows whose prompt is longer keep their
-prompt tokens until they reach their own end. The whole loop is one XLA computation on
-TensorFlow (`tf.function(jit_compile=True)`) and one `jax.jit` on JAX.
+call (a recurrent state, which would see the padding, is fed token by token instead), then
+each step feeds one token through the model's own `call` with the cache and writes the
+chosen token into a preallocated buffer; rows whose prompt is longer keep their prompt
+tokens until they reach their own end. The whole loop is one XLA computation on
+TensorFlow (`tf.function(jit_compile=True)`) and one `jax.jit` on JAX; `make_decode_loop`
+builds it for `generate` here and for the exported `generate` signature.
+
+Shapes in comments:
+    B  prompts in the batch
+    K  beams per prompt (1 unless the sampler is `Beam`)
+    N  rows the loop decodes, B * K
+    T  tokens of a prompt
+    S  length of the token buffer: the longest prompt plus max_new_tokens, rounded up
+       to LENGTH_BUCKET and at most the model's context
+    V  vocabulary size
 """
 
 import codecs
 import random
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -169,7 +181,7 @@ def _decode(model, rows, max_new_tokens, sampler, stop_ids, seed):
     key = (len(rows), total, prefill, sampler.key())
     functions = compiled_loops(model)
     if key not in functions:
-        functions[key] = _compile(model, _make_loop(model, sampler, prefill, beams))
+        functions[key] = _compile(model, make_decode_loop(model, sampler, prefill, beams))
     tokens, scores = functions[key](
         buffer, lengths, np.int32(max_new_tokens), np.int32(seed % (1 << 31)), stops
     )
@@ -216,24 +228,44 @@ def _one_hot_any(tokens, vocab):
     return np.any(tokens[:, :, None] == np.arange(vocab)[None, None, :], axis=1)
 
 
-def _make_loop(model, sampler, prefill, beams):
-    """The decode loop as a function of tensors, ready to compile."""
-    lstm = model.block == "lstm"
+class DecodeState(NamedTuple):
+    """What the decode loop carries from one step to the next."""
+
+    tokens: Any  # (N, S) int32: the prompts, then the tokens chosen so far
+    cache: Any  # the model's cache: one entry a block, filled up to `index - 1`
+    index: Any  # int32 scalar: the position this step writes
+    done: Any  # (N,) bool: rows that produced a stop token or all their new tokens
+    seen: Any  # (N, V) bool: tokens in each row so far (repetition penalty only; else (N, 1))
+    scores: Any  # (N,) float32: each beam's sum of log-probabilities (beam search only)
+
+
+def make_decode_loop(model, sampler, prefill, num_beams=1):
+    """The decode loop of `model` with `sampler`, as a function of tensors, ready to compile.
+
+    The returned `loop(buffer, lengths, max_new_tokens, seed, stops)` takes
+    `buffer` (B, S) int32, the right-padded prompts; `lengths` (B,) their lengths;
+    `max_new_tokens` and `seed` int32 scalars; `stops` (MAX_STOP_TOKENS,) int32 stop ids
+    padded with -1. It returns `(tokens, scores)`: (N, S) prompts with their
+    continuations (N = B * num_beams, the beams of a prompt next to each other) and the
+    (N,) beam scores. The first `prefill` positions are fed in one call when the model's
+    cache is positional; `generate` and the exported `generate` signature compile it
+    (`tf.function(jit_compile=True)` or `jax.jit`).
+    """
     penalize = sampler.repetition_penalty != 1.0
     vocab = model.vocab_size
 
     def loop(buffer, lengths, max_new_tokens, seed, stops):
         batch, total = ops.shape(buffer)[0], ops.shape(buffer)[1]
-        rows = batch * beams
-        tokens = ops.repeat(buffer, beams, axis=0)  # (N, S), N = batch * beams
-        lengths = ops.repeat(lengths, beams, axis=0)  # (N,)
+        rows = batch * num_beams
+        tokens = ops.repeat(buffer, num_beams, axis=0)  # (N, S)
+        lengths = ops.repeat(lengths, num_beams, axis=0)  # (N,)
         cache = model.init_cache(rows, total)
-        if lstm:
-            start = 1  # the recurrent state must not see any row's padding: feed from the start
-        else:
+        if model.cache_is_positional:
             _, cache = model(tokens[:, :prefill], cache=cache, cache_index=0)  # fill the cache
             start = ops.minimum(ops.min(lengths), prefill)  # the first position not yet seen
-        in_prompt_position = ops.arange(total)[None, :] < lengths[:, None]
+        else:
+            start = 1  # the recurrent state must not see any row's padding: feed from the start
+        in_prompt_position = ops.arange(total)[None, :] < lengths[:, None]  # (N, S)
         seen = (
             ops.any(
                 ops.logical_and(
@@ -246,23 +278,23 @@ def _make_loop(model, sampler, prefill, beams):
         )
         # Only the first beam of each row starts alive, so the first step does not pick
         # the same continuation num_beams times.
-        scores = ops.where(ops.arange(rows) % beams == 0, 0.0, -1e9)
-        done = ops.zeros((rows,), "bool")
+        scores = ops.where(ops.arange(rows) % num_beams == 0, 0.0, -1e9)
+        state = DecodeState(tokens, cache, start, ops.zeros((rows,), "bool"), seen, scores)
 
-        def step(tokens, cache, index, done, seen, scores):
-            previous = ops.slice(tokens, (0, index - 1), (rows, 1))
-            logits, cache = model(previous, cache=cache, cache_index=index - 1)
+        def step(state):
+            index = state.index
+            previous = ops.slice(state.tokens, (0, index - 1), (rows, 1))
+            logits, cache = model(previous, cache=state.cache, cache_index=index - 1)
+            state = state._replace(cache=cache)
             logits = ops.cast(logits[:, 0, :], "float32")  # (N, V)
             in_prompt = index < lengths
-            prompt_token = ops.slice(tokens, (0, index), (rows, 1))[:, 0]
-            if beams > 1:
-                tokens, cache, done, seen, scores, choice = _beam_step(
-                    sampler, logits, tokens, cache, done, seen, scores, in_prompt, batch, beams
-                )
+            prompt_token = ops.slice(state.tokens, (0, index), (rows, 1))[:, 0]
+            if num_beams > 1:
+                state, choice = _beam_step(sampler, logits, state, in_prompt, batch, num_beams)
             else:
-                choice = sampler(logits, seed, index, seen if penalize else None)
-            new = ops.where(in_prompt, prompt_token, ops.where(done, 0, choice))
-            tokens = ops.slice_update(tokens, (0, index), new[:, None])
+                choice = sampler(logits, seed, index, state.seen if penalize else None)
+            new = ops.where(in_prompt, prompt_token, ops.where(state.done, 0, choice))
+            seen = state.seen
             if penalize:
                 seen = ops.logical_or(seen, ops.one_hot(new, vocab, dtype="int32") > 0)
             stopped = ops.any(new[:, None] == stops[None, :], axis=-1)
@@ -270,39 +302,48 @@ def _make_loop(model, sampler, prefill, beams):
                 ops.logical_not(in_prompt),
                 ops.logical_or(stopped, index + 1 >= lengths + max_new_tokens),
             )
-            return tokens, cache, index + 1, ops.logical_or(done, finished), seen, scores
+            return state._replace(
+                tokens=ops.slice_update(state.tokens, (0, index), new[:, None]),
+                index=index + 1,
+                done=ops.logical_or(state.done, finished),
+                seen=seen,
+            )
 
-        def not_finished(tokens, cache, index, done, seen, scores):
-            return ops.logical_and(index < total, ops.logical_not(ops.all(done)))
+        def not_finished(state):
+            return ops.logical_and(state.index < total, ops.logical_not(ops.all(state.done)))
 
-        tokens, _, _, _, _, scores = ops.while_loop(
-            not_finished, step, (tokens, cache, start, done, seen, scores)
-        )
-        return tokens, scores
+        # Keras passes a tuple of loop variables as separate arguments: the state travels
+        # as the one element of a tuple.
+        [state] = ops.while_loop(not_finished, lambda state: (step(state),), (state,))
+        return state.tokens, state.scores
 
     return loop
 
 
-def _beam_step(sampler, logits, tokens, cache, done, seen, scores, in_prompt, batch, beams):
-    """One step of beam search over N = batch * beams rows; returns the reordered state."""
+def _beam_step(sampler, logits, state, in_prompt, batch, beams):
+    """One step of beam search over N = B * K rows: the reordered state and each row's token."""
     rows, vocab = ops.shape(logits)
-    log_probs = ops.log_softmax(sampler.process(logits, seen), axis=-1)  # (N, V)
+    log_probs = ops.log_softmax(sampler.process(logits, state.seen), axis=-1)  # (N, V)
     # A finished hypothesis keeps its score and only "extends" with padding.
     finished_row = ops.where(ops.arange(vocab)[None, :] == 0, 0.0, -1e9)
-    log_probs = ops.where(done[:, None], finished_row, log_probs)
-    candidates = ops.reshape(scores[:, None] + log_probs, (batch, beams * vocab))
+    log_probs = ops.where(state.done[:, None], finished_row, log_probs)
+    candidates = ops.reshape(state.scores[:, None] + log_probs, (batch, beams * vocab))
     best_scores, best = ops.top_k(candidates, k=beams)  # (B, K)
     source = best // vocab
     choice = ops.reshape(best % vocab, (rows,))
     prompt = ops.reshape(in_prompt, (batch, beams))[:, :1]  # the same for every beam of a row
     source = ops.where(prompt, ops.arange(beams)[None, :], source)
-    scores = ops.reshape(ops.where(prompt, ops.reshape(scores, (batch, beams)), best_scores), (rows,))
+    scores = ops.where(prompt, ops.reshape(state.scores, (batch, beams)), best_scores)
     order = ops.reshape(ops.arange(batch)[:, None] * beams + source, (rows,))
-    tokens = ops.take(tokens, order, axis=0)
-    cache = [ops.take(c, order, axis=0) for c in cache]
-    done = ops.take(done, order, axis=0)
-    seen = ops.take(seen, order, axis=0)
-    return tokens, cache, done, seen, scores, ops.cast(choice, "int32")
+    reordered = DecodeState(
+        tokens=ops.take(state.tokens, order, axis=0),
+        cache=[ops.take(c, order, axis=0) for c in state.cache],
+        index=state.index,
+        done=ops.take(state.done, order, axis=0),
+        seen=ops.take(state.seen, order, axis=0),
+        scores=ops.reshape(scores, (rows,)),
+    )
+    return reordered, ops.cast(choice, "int32")
 
 
 def _compile(model, loop):

@@ -6,6 +6,8 @@ keras.ops: sampling is stateless, so it compiles into the decode loop, the same 
 gives the same text, and it does so on the TensorFlow and JAX backends alike.
 (keras-hub's samplers keep their random state in a variable and run their own loop, so
 tflm's loop uses these instead.)
+
+Shapes in comments: B rows of logits (one a prompt, or a beam), V vocabulary size.
 """
 
 from keras import ops
@@ -33,8 +35,23 @@ def gumbel_noise(seed, step, shape):
     return -ops.log(-ops.log(uniform))
 
 
+def keep_top_p(logits, sorted_logits, p):
+    """`logits` (B, V) with every token outside the nucleus set to -inf.
+
+    The nucleus is the smallest set of most likely tokens whose probability reaches `p`
+    (a number, or (B, 1) for one value a row); `sorted_logits` (B, V) are the logits in
+    descending order. Serves `TopP` and `PerRow`.
+    """
+    probabilities = ops.softmax(sorted_logits, axis=-1)
+    before = ops.cumsum(probabilities, axis=-1) - probabilities  # mass above each token
+    kept = ops.where(before < p, sorted_logits, 1e9)
+    threshold = ops.min(kept, axis=-1, keepdims=True)  # the least likely kept logit, (B, 1)
+    return ops.where(logits < threshold, _NEG_INF, logits)
+
+
 class Sampler:
-    """Base: temperature, an optional repetition penalty, then `select` picks the token.
+    """Base: temperature, an optional repetition penalty, then the most likely token `mask`
+    keeps (after Gumbel noise, for random samplers).
 
     `repetition_penalty` > 1 makes tokens already in the sequence less likely (CTRL's
     rule: positive logits are divided by it, negative ones multiplied).
@@ -116,11 +133,7 @@ class TopP(Sampler):
 
     def mask(self, logits):
         sorted_logits = ops.top_k(logits, k=ops.shape(logits)[-1])[0]  # descending
-        probabilities = ops.softmax(sorted_logits, axis=-1)
-        before = ops.cumsum(probabilities, axis=-1) - probabilities  # mass above each token
-        kept = ops.where(before < self.p, sorted_logits, 1e9)
-        threshold = ops.min(kept, axis=-1, keepdims=True)  # the least likely kept logit
-        return ops.where(logits < threshold, _NEG_INF, logits)
+        return keep_top_p(logits, sorted_logits, self.p)
 
 
 class Beam(Sampler):
@@ -165,13 +178,9 @@ class PerRow(Sampler):
         k = ops.where(self.top_k > 0, ops.minimum(self.top_k, vocab), vocab)  # (B,)
         kth = ops.take_along_axis(sorted_logits, ops.cast(k - 1, "int32")[:, None], axis=-1)
         logits = ops.where(logits < kth, _NEG_INF, logits)
-        # top-p over the tokens top-k kept, as TopP.mask
+        # top-p over the tokens top-k kept
         sorted_logits = ops.where(ops.arange(vocab)[None, :] < k[:, None], sorted_logits, _NEG_INF)
-        probabilities = ops.softmax(sorted_logits, axis=-1)
-        before = ops.cumsum(probabilities, axis=-1) - probabilities
-        kept = ops.where(before < self.top_p[:, None], sorted_logits, 1e9)
-        threshold = ops.min(kept, axis=-1, keepdims=True)
-        nucleus = ops.where(logits < threshold, _NEG_INF, logits)
+        nucleus = keep_top_p(logits, sorted_logits, self.top_p[:, None])
         return ops.where((self.top_p < 1.0)[:, None], nucleus, logits)
 
     def __call__(self, logits, seed=0, step=0, seen=None):
