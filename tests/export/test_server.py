@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.export.test_saved_model import classifier, gpt  # noqa: F401  (fixtures)
+from tests.helpers import ROOT
 from tflm.export import Server, saved_model
 
 
 @pytest.fixture(scope="module")
-def exports(gpt, classifier, tmp_path_factory):  # noqa: F811
+def exports(gpt, classifier, tmp_path_factory):
     base = tmp_path_factory.mktemp("saved_models")
     saved_model(gpt, base / "shakespeare", max_new_tokens=8)
     saved_model(classifier, base / "sentiment")
@@ -116,7 +116,7 @@ def test_malformed_json_and_nan_are_400(sentiment):
     assert request(sentiment, "POST", "/v1/models/sentiment:predict", raw=b"[NaN]")[0] == 400
 
 
-def test_a_new_version_is_served_without_a_restart(gpt, exports, tmp_path):  # noqa: F811
+def test_a_new_version_is_served_without_a_restart(gpt, exports, tmp_path):
     import shutil
 
     base = tmp_path / "shakespeare"
@@ -202,8 +202,6 @@ def test_tflm_serve_from_the_shell(exports):
     import socket
     import subprocess
     import sys
-
-    from tests.export.test_saved_model import ROOT
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
