@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from tests.training.test_trainer import ROOT, command, scalars
+from tests.helpers import ROOT
 from tflm.training.distribute import distribution_strategy, is_chief, is_multi_worker
 
 # Keras clips each replica's gradients before they are summed (a global norm per
@@ -29,18 +29,17 @@ def free_ports(n):
     return ports
 
 
-def test_two_workers_on_localhost_match_one_process_with_the_same_global_batch(tmp_path):
-    single = subprocess.run(command(tmp_path / "single", *NO_CLIP), cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+def test_two_workers_on_localhost_match_one_process_with_the_same_global_batch(
+        tflm_train, scalars, tmp_path):
+    single = tflm_train.run(tmp_path / "single", *NO_CLIP)
     assert single.returncode == 0, single.stderr
 
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     workers = []
     for index in range(2):
         env = {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        workers.append(subprocess.Popen(
-            command(tmp_path / "cluster", *NO_CLIP), cwd=ROOT, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **env}))
+        workers.append(tflm_train.start(tmp_path / "cluster", *NO_CLIP,
+                                        env={**os.environ, **env}))
     outputs = [w.communicate(timeout=300)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
     assert "Saved" in outputs[0] and "Saved" not in outputs[1]  # only the chief writes
@@ -59,13 +58,13 @@ MIRRORED = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
-    from tflm.models import GPT
+    from tests.helpers import tiny_gpt
     from tflm.training import adamw
 
     def run(strategy):
         keras.utils.set_random_seed(0)
         with strategy.scope():
-            model = GPT(11, 1, 2, 16, 32, 16)
+            model = tiny_gpt(hidden_dim=16, intermediate_dim=32, max_sequence_length=16)
             model.build((None, 16))
             model.compile(optimizer=adamw(model, 1e-2, global_clipnorm=None), jit_compile=False)
         ids = np.random.default_rng(0).integers(0, 11, (64, 17)).astype("int32")
@@ -110,12 +109,12 @@ DATA_PARALLEL = textwrap.dedent("""
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     import jax, keras
     import numpy as np
-    from tflm.models import GPT
+    from tests.helpers import tiny_gpt
     from tflm.training.distribute import distribution_strategy
 
     def run():
         keras.utils.set_random_seed(0)
-        model = GPT(11, 1, 2, 16, 32, 16)
+        model = tiny_gpt(hidden_dim=16, intermediate_dim=32, max_sequence_length=16)
         model.build((None, 16))
         model.compile(optimizer=keras.optimizers.AdamW(1e-2), loss="auto", metrics=[])
         ids = np.random.default_rng(0).integers(0, 11, (64, 17)).astype("int32")

@@ -1,16 +1,15 @@
 import subprocess
 import sys
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
+from tests.helpers import ROOT, tiny_gpt
 from tflm.models import Classifier, Encoder
 from tflm.tokenizers import WordPieceTokenizer
 from tflm.training.optimizers import LayerDecayAdamW, WarmupLinear, layer_decay_factors
 
-ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "tests" / "data" / "sst2_sample.tsv"
 
 
@@ -81,9 +80,7 @@ def test_a_pretrained_path_that_is_not_an_encoder_is_an_error(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="No pretrained model at"):
         load_encoder(tmp_path / "nothing.keras")
-    from tflm.models import GPT
-
-    gpt = GPT(11, 1, 2, 8, 16, 8)
+    gpt = tiny_gpt()
     gpt.build((None, 8))
     gpt.save(tmp_path / "gpt.keras")
     with pytest.raises(ValueError, match="is not an encoder with a tokenizer"):

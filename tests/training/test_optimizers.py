@@ -4,14 +4,13 @@ import keras
 import numpy as np
 import pytest
 
-from tflm.models import GPT
+from tests.helpers import tiny_gpt, to_numpy
 from tflm.training import adamw, warmup_cosine
-from tests.helpers import to_numpy
 
 
-def tiny_gpt():
+def built_gpt():
     keras.utils.set_random_seed(0)
-    model = GPT(13, 1, 2, 8, 16, 8, norm="rmsnorm")
+    model = tiny_gpt(vocab_size=13, norm="rmsnorm")
     model.build((None, 8))
     return model
 
@@ -30,7 +29,7 @@ def test_schedule_is_linear_warmup_then_cosine():
 
 
 def test_weight_decay_skips_norms_and_biases():
-    model = tiny_gpt()
+    model = built_gpt()
     optimizer = adamw(model, learning_rate=0.0, weight_decay=0.5)
     optimizer.build(model.trainable_variables)
     decayed = {v.path for v in model.trainable_variables if optimizer._use_weight_decay(v)}
@@ -46,7 +45,7 @@ def test_gradient_accumulation_equals_one_bigger_batch():
     x, y = ids[:, :-1], ids[:, 1:]
     results = []
     for accumulation, batch in [(None, 8), (2, 4)]:
-        model = tiny_gpt()
+        model = built_gpt()
         model.compile(
             optimizer=adamw(model, learning_rate=1e-2, gradient_accumulation_steps=accumulation),
             metrics=[],
@@ -59,6 +58,6 @@ def test_gradient_accumulation_equals_one_bigger_batch():
 
 def test_unbuilt_model_and_bad_schedule_are_errors():
     with pytest.raises(ValueError, match="Build the model"):
-        adamw(GPT(13, 1, 2, 8, 16, 8))
+        adamw(tiny_gpt(vocab_size=13))
     with pytest.raises(ValueError, match="warmup_steps=20 must be"):
         warmup_cosine(1e-3, total_steps=10, warmup_steps=20)

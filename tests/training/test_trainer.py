@@ -1,6 +1,5 @@
 """`tflm train` as a user runs it: in a subprocess, killed, terminated and resumed."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -11,34 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-ROOT = Path(__file__).resolve().parents[2]
-
-# A model and run small enough for seconds; eval every 15 steps, checkpoints every 10, so
-# checkpoints fall in the middle of epochs.
-SMALL = [
-    "train.max_minutes=null", "train.max_steps=45", "train.eval_every=15",
-    "train.eval_batches=2", "output.checkpoint_every=10", "output.log_every=1",
-    "output.sample_every=0", "output.sample_tokens=10", "data.seq_len=32",
-    "model.num_layers=1", "model.hidden_dim=32", "model.intermediate_dim=64",
-    "optimizer.warmup_steps=5", "train.verbose=0",
-]
-
-
-def command(output_dir, *overrides):
-    args = [sys.executable, "-m", "tflm", "train"]
-    for override in [*SMALL, f"output.dir={output_dir}", *overrides]:
-        args += ["--set", override]
-    return args
-
-
-def run(output_dir, *overrides):
-    return subprocess.run(command(output_dir, *overrides), cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
-
-
-def start(output_dir, *overrides):
-    return subprocess.Popen(command(output_dir, *overrides), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+from tests.helpers import ROOT
 
 
 def wait_for(path, process, timeout=120):
@@ -47,17 +19,6 @@ def wait_for(path, process, timeout=120):
         assert process.poll() is None, process.stdout.read()
         assert time.time() < deadline, f"{path} did not appear"
         time.sleep(0.02)
-
-
-def scalars(log_dir, tag):
-    """step -> value of a TensorBoard scalar; a later write of a step replaces an earlier."""
-    values = []
-    for path in sorted(Path(log_dir).glob("events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(str(path)):
-            for value in event.summary.value:
-                if value.tag == tag:
-                    values.append((event.wall_time, event.step, float(tf.make_ndarray(value.tensor))))
-    return {step: value for _, step, value in sorted(values)}
 
 
 def texts(log_dir, tag):
@@ -71,14 +32,14 @@ def texts(log_dir, tag):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted(tflm_train, tmp_path_factory):
     output = tmp_path_factory.mktemp("uninterrupted")
-    result = run(output, "output.sample_every=30", "output.sample_prompt=ROMEO:")
+    result = tflm_train.run(output, "output.sample_every=30", "output.sample_prompt=ROMEO:")
     assert result.returncode == 0, result.stderr
     return output, result
 
 
-def test_a_run_writes_logs_checkpoints_config_and_model(uninterrupted):
+def test_a_run_writes_logs_checkpoints_config_and_model(uninterrupted, scalars):
     output, result = uninterrupted
     assert "Trained to step 45" in result.stdout and "validation loss" in result.stdout
     assert (output / "model.keras").is_file() and (output / "config.yaml").is_file()
@@ -108,15 +69,16 @@ def test_a_run_writes_logs_checkpoints_config_and_model(uninterrupted):
     assert "nats per token, perplexity" in result.stdout
 
 
-def test_killed_and_restarted_it_continues_with_the_same_losses(uninterrupted, tmp_path):
+def test_killed_and_restarted_it_continues_with_the_same_losses(uninterrupted, tflm_train,
+                                                               scalars, tmp_path):
     reference = scalars(uninterrupted[0] / "logs" / "train", "loss")
-    process = start(tmp_path)
+    process = tflm_train.start(tmp_path)
     wait_for(tmp_path / "checkpoints" / "ckpt-000000020", process)
     process.send_signal(signal.SIGKILL)  # no chance to save anything
     process.wait()
     assert not (tmp_path / "model.keras").exists()
 
-    result = run(tmp_path)
+    result = tflm_train.run(tmp_path)
     assert result.returncode == 0, result.stderr
     resumed_at = int(result.stdout.split("(step ")[1].split(")")[0])
     assert 20 <= resumed_at < 45
@@ -130,8 +92,8 @@ def test_killed_and_restarted_it_continues_with_the_same_losses(uninterrupted, t
         atol=1e-5)
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
-    process = start(tmp_path)
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tflm_train, tmp_path):
+    process = tflm_train.start(tmp_path)
     wait_for(tmp_path / "checkpoints" / "ckpt-000000010", process)
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=120)
@@ -140,17 +102,17 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     step = int(output.split("Stopped by SIGTERM at step ")[1].split(";")[0])
     assert (tmp_path / "checkpoints" / f"ckpt-{step:09d}").is_dir()
     assert not (tmp_path / "model.keras").exists()
-    result = run(tmp_path)
+    result = tflm_train.run(tmp_path)
     assert f"Resuming from" in result.stdout and f"(step {step})" in result.stdout
     assert "Trained to step 45" in result.stdout
 
 
-def test_a_second_trainer_on_the_same_directory_fails_at_once(tmp_path):
-    process = start(tmp_path)
+def test_a_second_trainer_on_the_same_directory_fails_at_once(tflm_train, tmp_path):
+    process = tflm_train.start(tmp_path)
     try:
         wait_for(tmp_path / "checkpoints" / ".lock", process)
         began = time.time()
-        result = run(tmp_path)
+        result = tflm_train.run(tmp_path)
         assert result.returncode != 0
         assert "is in use by another trainer" in result.stderr
         assert time.time() - began < 60
@@ -159,11 +121,12 @@ def test_a_second_trainer_on_the_same_directory_fails_at_once(tmp_path):
         process.wait()
 
 
-def test_init_from_continues_training_a_saved_model(uninterrupted, tmp_path):
+def test_init_from_continues_training_a_saved_model(uninterrupted, tflm_train, scalars,
+                                                    tmp_path):
     from tflm.training import load_config, train
 
-    overrides = [*SMALL, f"output.dir={tmp_path}", "train.max_steps=15",
-                 f"model.init_from={uninterrupted[0] / 'model.keras'}", "output.sample_prompt="]
+    overrides = tflm_train.overrides(tmp_path, "train.max_steps=15", "output.sample_prompt=",
+                                     f"model.init_from={uninterrupted[0] / 'model.keras'}")
     result = train(load_config(overrides=overrides), print_fn=lambda *_: None)
     first = scalars(tmp_path / "logs" / "train", "loss")[1]
     fresh = scalars(uninterrupted[0] / "logs" / "train", "loss")
@@ -172,13 +135,14 @@ def test_init_from_continues_training_a_saved_model(uninterrupted, tmp_path):
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
-def test_mixed_precision_trains_in_half_precision_with_float32_weights(policy, tmp_path):
+def test_mixed_precision_trains_in_half_precision_with_float32_weights(policy, tflm_train,
+                                                                      tmp_path):
     import keras
 
     from tflm.training import load_config, train
 
-    overrides = [*SMALL, f"output.dir={tmp_path}", "train.max_steps=15",
-                 f"train.mixed_precision={policy}", "output.sample_prompt="]
+    overrides = tflm_train.overrides(tmp_path, "train.max_steps=15", "output.sample_prompt=",
+                                     f"train.mixed_precision={policy}")
     result = train(load_config(overrides=overrides), print_fn=lambda *_: None)
     assert keras.config.dtype_policy().name == "float32"  # put back afterwards
     model = result.model
