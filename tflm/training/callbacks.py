@@ -171,7 +171,6 @@ class TextSamples(keras.callbacks.Callback):
         self.sampler_options = sampler_options or ({"k": 10} if sampler == "top_k" else {})
         self.seed = seed
         self.print_fn = print_fn
-        self.samples = []  # (step, text)
 
     def sample(self):
         return self.prompt + self.model.generate(
@@ -184,7 +183,6 @@ class TextSamples(keras.callbacks.Callback):
         if step % self.every_n_steps:
             return
         text = self.sample()
-        self.samples.append((step, text))
         if self.print_fn is not None:
             self.print_fn(f"\n--- sample at step {step} ---\n{text}\n")
         if self.log_dir is not None:
