@@ -11,6 +11,11 @@ Layout of a run's checkpoint directory:
     ckpt-000000250/variables.npz   every variable, in a fixed order
     ckpt-000000250/state.json      step, variable names and shapes, checksum, trainer state
     .lock                          held by the trainer writing here
+    .tmp-ckpt-000000260-<pid>/     a checkpoint being written (renamed into place when whole)
+
+Anything else there (a `ckpt-000000250.bak` copy, a stray file) is skipped with a warning;
+the temporary folders of a trainer that died while writing are removed by the next one to
+take the lock.
 
 The checkpoints are plain numpy arrays, so they work the same on every Keras backend.
 """
@@ -20,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import threading
@@ -33,6 +39,8 @@ import numpy as np
 from tflm.training.callbacks import optimizer_step
 
 PREFIX = "ckpt-"
+NAME = re.compile(re.escape(PREFIX) + r"(\d+)")
+TEMPORARY = (".tmp-", ".old-")  # a checkpoint being written, and one being replaced
 GROUPS = ("model", "optimizer", "metrics")
 
 
@@ -64,12 +72,20 @@ def _sha256(path):
     return digest.hexdigest()
 
 
+def fingerprint(path):
+    """A file's size and the start of its SHA-256: another content gives another one."""
+    return f"{os.path.getsize(path)} bytes, sha256 {_sha256(path)[:16]}"
+
+
 class Checkpoint:
     """One checkpoint on disk, checked against its checksum when read."""
 
     def __init__(self, path):
         self.path = Path(path)
-        self.step = int(self.path.name[len(PREFIX):])
+        match = NAME.fullmatch(self.path.name)
+        if match is None:
+            raise ValueError(f"{self.path} is not named as a checkpoint ({PREFIX}<step>).")
+        self.step = int(match.group(1))
 
     def read(self):
         """`(arrays, state)`, or `CorruptCheckpoint` when a file is missing or damaged."""
@@ -103,6 +119,7 @@ class CheckpointManager:
         self.directory = Path(directory)
         self.keep = keep
         self._lock_file = None
+        self._reported = set()  # the stray entries already warned about
 
     # -- the lock ---------------------------------------------------------------------
 
@@ -127,6 +144,27 @@ class CheckpointManager:
         lock_file.write(str(os.getpid()))
         lock_file.flush()
         self._lock_file = lock_file
+        self._clean_up()
+
+    def _clean_up(self):
+        """Remove what a trainer that died while writing left behind. Only the holder of
+        the lock writes here, so none of it is still being written."""
+        for path in sorted(self.directory.iterdir()):
+            if not path.name.startswith(TEMPORARY):
+                continue
+            original = self.directory / path.name[len(".tmp-"):].rsplit("-", 1)[0]
+            if path.name.startswith(".old-") and not original.exists():
+                # it died between moving a checkpoint aside and moving its rewrite in
+                path.rename(original)
+                warnings.warn(f"Restored {original} from {path.name}, left by a trainer that "
+                              "stopped while rewriting it.", stacklevel=3)
+            else:
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                warnings.warn(f"Removed {path}, left by a trainer that stopped while writing "
+                              "a checkpoint.", stacklevel=3)
 
     def unlock(self):
         if self._lock_file is not None:
@@ -137,10 +175,23 @@ class CheckpointManager:
     # -- reading ----------------------------------------------------------------------
 
     def checkpoints(self):
-        """The complete checkpoints, oldest first."""
+        """The complete checkpoints, oldest first.
+
+        Entries that are not checkpoints (a `ckpt-000000250.bak` copy, a stray file) are
+        skipped with a warning; unfinished writes (`.tmp-*`) are skipped silently.
+        """
         if not self.directory.is_dir():
             return []
-        found = [Checkpoint(p) for p in self.directory.glob(PREFIX + "*") if p.is_dir()]
+        found = []
+        for path in self.directory.iterdir():
+            if path.name == ".lock" or path.name.startswith(TEMPORARY):
+                continue
+            if NAME.fullmatch(path.name) and path.is_dir():
+                found.append(Checkpoint(path))
+            elif path.name not in self._reported:
+                self._reported.add(path.name)
+                warnings.warn(f"Skipping {path}: not a checkpoint (those are folders named "
+                              f"{PREFIX}<step>).", stacklevel=2)
         return sorted(found, key=lambda c: c.step)
 
     def latest(self):
@@ -175,16 +226,20 @@ class CheckpointManager:
         temporary = self.directory / f".tmp-{final.name}-{os.getpid()}"
         shutil.rmtree(temporary, ignore_errors=True)
         temporary.mkdir(parents=True)
-        with open(temporary / "variables.npz", "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        record = {"step": step, "sha256": _sha256(temporary / "variables.npz"),
-                  "variables": names, "state": state or {}}
-        with open(temporary / "state.json", "w") as f:
-            json.dump(record, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(temporary / "variables.npz", "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            record = {"step": step, "sha256": _sha256(temporary / "variables.npz"),
+                      "variables": names, "state": state or {}}
+            with open(temporary / "state.json", "w") as f:
+                json.dump(record, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:  # a full disk, an interrupt: leave no half-written folder
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
         if final.exists():  # the same step written again after a resume
             stale = self.directory / f".old-{final.name}-{os.getpid()}"
             final.rename(stale)
@@ -236,8 +291,9 @@ class Checkpointing(keras.callbacks.Callback):
         manager: a `CheckpointManager`; locked for the duration of `fit`.
         continue_epoch: the checkpoint was written in the middle of the epoch that `fit`
             starts with (`fit` then runs only that epoch's remaining steps); its running
-            metric totals are put back, so the epoch's means continue where they were
-            (build the metrics first: `model.compute_metrics` on one batch).
+            metric totals are put back, so the epoch's means continue where they were.
+            The model must be a language model taking token ids (the metrics are built
+            on one token before they are put back).
         state: a function returning a JSON-able dict saved with each checkpoint (a
             trainer's own state, such as the time already spent).
         write: False for the workers of a cluster other than the chief: they resume
@@ -279,7 +335,16 @@ class Checkpointing(keras.callbacks.Callback):
             assign(self.model, arrays, record, groups=("model", "optimizer"))
             self._last_saved = checkpoint.step
             if self.continue_epoch:
+                self._build_metrics()
                 self._pending_metrics = (arrays, record)
+
+    def _build_metrics(self):
+        """`fit` builds the compiled metrics at its first step (on the TensorFlow backend),
+        after `on_epoch_begin` puts the saved totals back: build them now, on one token.
+        `fit` resets them before the epoch begins."""
+        if not all(getattr(metric, "built", True) for metric in self.model.metrics):
+            ids = keras.ops.zeros((1, 1), "int32")
+            self.model.compute_metrics(ids, ids, self.model(ids), sample_weight=None)
 
     def on_epoch_begin(self, epoch, logs=None):
         if self._pending_metrics is not None:  # fit reset the metrics just before this
@@ -323,3 +388,35 @@ class Checkpointing(keras.callbacks.Callback):
 
     def _on_sigterm(self, signum, frame):
         self._terminate.set()  # acted on after the step that is running
+
+
+# -- the tokenizer of a run ----------------------------------------------------------------
+
+
+def save_tokenizer(tokenizer, directory):
+    """Write `tokenizer` into `directory` as a `.keras` archive holds a layer: its
+    serialized config (config.json; a character vocabulary is part of it) and its asset
+    files (assets/: a BPE vocabulary and merges). Replaces what `directory` held."""
+    directory = Path(directory)
+    temporary = directory.with_name(f".tmp-{directory.name}-{os.getpid()}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    config = keras.saving.serialize_keras_object(tokenizer)
+    (temporary / "config.json").write_text(json.dumps(config, indent=1))
+    if hasattr(tokenizer, "save_assets"):
+        (temporary / "assets").mkdir()
+        tokenizer.save_assets(str(temporary / "assets"))
+    shutil.rmtree(directory, ignore_errors=True)
+    temporary.rename(directory)
+
+
+def load_tokenizer(directory):
+    """The tokenizer `save_tokenizer` wrote into `directory`."""
+    import tflm.tokenizers  # noqa: F401  (registers the tokenizer classes)
+
+    directory = Path(directory)
+    config = json.loads((directory / "config.json").read_text())
+    tokenizer = keras.saving.deserialize_keras_object(config)
+    if hasattr(tokenizer, "load_assets"):
+        tokenizer.load_assets(str(directory / "assets"))
+    return tokenizer
