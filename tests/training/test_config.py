@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from tflm.training.config import DEFAULT_CONFIG, load_config, save_config
+from tflm.training.config import DEFAULT_CONFIG, changes, load_config, resume_record, save_config
 
 
 def test_the_default_config_spells_out_every_section():
@@ -13,10 +13,10 @@ def test_the_default_config_spells_out_every_section():
 
 
 def test_overrides_are_parsed_as_yaml_and_floats():
-    config = load_config(overrides=["optimizer.lr=3e-4", "train.max_minutes=null",
+    config = load_config(overrides=["optimizer.learning_rate=3e-4", "train.max_minutes=null",
                                     "output.sample_prompt=JULIET:", "model.num_layers=2",
                                     "train.jit_compile=false"])
-    assert config["optimizer"]["lr"] == 3e-4
+    assert config["optimizer"]["learning_rate"] == 3e-4
     assert config["train"]["max_minutes"] is None
     assert config["output"]["sample_prompt"] == "JULIET:"
     assert config["model"]["num_layers"] == 2
@@ -24,12 +24,13 @@ def test_overrides_are_parsed_as_yaml_and_floats():
 
 
 def test_unknown_keys_and_bad_overrides_are_errors():
-    with pytest.raises(KeyError, match="Unknown config key 'optimizer.lrr'; the keys there are: lr"):
-        load_config(overrides=["optimizer.lrr=1"])
+    with pytest.raises(KeyError, match="Unknown config key 'optimizer.lr'; the keys there are: "
+                                       "learning_rate, min_learning_rate"):
+        load_config(overrides=["optimizer.lr=1"])
     with pytest.raises(KeyError, match="Unknown config section 'optimiser'"):
-        load_config(overrides=["optimiser.lr=1"])
+        load_config(overrides=["optimiser.learning_rate=1"])
     with pytest.raises(ValueError, match="section.key=value"):
-        load_config(overrides=["optimizer.lr"])
+        load_config(overrides=["optimizer.learning_rate"])
     with pytest.raises(FileNotFoundError, match="No config file 'nope'.*shakespeare-char"):
         load_config("nope")
 
@@ -51,7 +52,34 @@ def test_a_config_file_must_have_every_key_and_no_other(tmp_path):
 
 
 def test_saved_config_reads_back_the_same(tmp_path):
-    config = load_config(overrides=["optimizer.lr=1e-3"])
+    config = load_config(overrides=["optimizer.learning_rate=1e-3"])
     save_config(config, tmp_path / "config.yaml")
     assert yaml.safe_load((tmp_path / "config.yaml").read_text()) == config
     assert load_config(tmp_path / "config.yaml") == config
+
+
+def test_the_optimizer_section_holds_the_arguments_of_adamw():
+    import inspect
+
+    from tflm.training import adamw
+
+    arguments = inspect.signature(adamw).parameters
+    assert set(load_config()["optimizer"]) <= set(arguments)
+
+
+def test_a_resume_record_keeps_what_a_resumed_run_may_not_change():
+    config = load_config()
+    record = resume_record(config)
+    assert record["model.num_heads"] == 4 and record["data.seq_len"] == 128
+    assert record["optimizer.learning_rate"] == 3e-3 and record["train.seed"] == 0
+    for free in ("train.max_minutes", "train.max_steps", "train.verbose", "train.resume",
+                 "output.dir", "output.checkpoint_every"):
+        assert free not in record
+    longer = load_config(overrides=["train.max_steps=9000", "output.log_every=1"])
+    assert changes(record, resume_record(longer)) == []
+    other = load_config(overrides=["data.seq_len=64", "model.num_kv_heads=2",
+                                   "train.mixed_precision=mixed_bfloat16"])
+    assert changes(record, resume_record(other)) == [
+        "model.num_kv_heads: null -> 2", "data.seq_len: 128 -> 64",
+        "train.mixed_precision: null -> mixed_bfloat16"]
+    assert changes({"a": 1}, {"b": "x"}) == ["a: 1 -> (none)", "b: (none) -> x"]

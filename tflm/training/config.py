@@ -5,12 +5,22 @@ A configuration is plain data; `tflm.training.train(config)` reads it.
 """
 
 import copy
+import json
 from pathlib import Path
 
 import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "shakespeare-char.yaml"
+
+# What a resumed run may change: how long it trains, what it measures and logs, how its
+# steps are compiled. Nothing a checkpoint holds depends on these; every other value is
+# recorded with each checkpoint, and a resume with another one stops (see `changes`).
+# A section's name stands for all its keys.
+RESUMABLE_CHANGES = frozenset({
+    "train.max_minutes", "train.max_steps", "train.eval_batches", "train.jit_compile",
+    "train.verbose", "train.resume", "model.remat", "output",
+})
 
 
 def config_path(name):
@@ -60,6 +70,39 @@ def set_value(config, assignment):
 
 def save_config(config, path):
     Path(path).write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def resume_record(config):
+    """`{"section.key": value}` of every value of `config` that a resumed run must keep."""
+    return {key: value for key, value in _flatten(config).items()
+            if key not in RESUMABLE_CHANGES and key.split(".")[0] not in RESUMABLE_CHANGES}
+
+
+def changes(old, new):
+    """`"key: old -> new"` for each key of two records whose values differ."""
+    missing = object()
+
+    def show(value):
+        if value is missing:
+            return "(none)"
+        return value if isinstance(value, str) else json.dumps(value)  # null, true, 0.003
+
+    lines = []
+    for key in dict.fromkeys([*old, *new]):
+        before, after = old.get(key, missing), new.get(key, missing)
+        if before != after:
+            lines.append(f"{key}: {show(before)} -> {show(after)}")
+    return lines
+
+
+def _flatten(config, prefix=""):
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
 
 
 def _parse(text, current):

@@ -5,7 +5,8 @@ It wires the pieces a notebook can also use one by one: `distribution_strategy`,
 `ProgressLogs`, `TensorBoard` and `TextSamples`. Each Keras "epoch" is one interval
 between validations (`train.eval_every` steps) of an endless stream of batches, and
 batch `b` of the stream is always the same, so a run that finds a checkpoint in its
-output directory resumes at the exact step it stopped at.
+output directory resumes at the exact step it stopped at, with the tokenizer it saved, as
+long as nothing the checkpoint depends on has changed (`run_record`).
 """
 
 import math
@@ -25,10 +26,18 @@ from tflm.training.callbacks import (
     TimeBudget,
     optimizer_step,
 )
-from tflm.training.checkpoints import CheckpointManager, Checkpointing
-from tflm.training.config import save_config
+from tflm.training.checkpoints import (
+    CheckpointManager,
+    Checkpointing,
+    fingerprint,
+    load_tokenizer,
+    save_tokenizer,
+)
+from tflm.training.config import changes, resume_record, save_config
 from tflm.training.distribute import distribution_strategy, is_chief, is_multi_worker
 from tflm.training.optimizers import adamw
+
+RESUME_MODES = ("auto", "force")
 
 
 class TrainResult:
@@ -44,10 +53,16 @@ def train(config, start=None, print_fn=print):
     """Train the GPT that `config` (see configs/shakespeare-char.yaml) describes.
 
     Writes into `output.dir`: checkpoints/ (resumed from when present), logs/
-    (TensorBoard), config.yaml (the configuration resolved) and, at the end,
-    model.keras. `start` is when the run began (time.time()), for `train.max_minutes`.
+    (TensorBoard), tokenizer/ (the run's tokenizer, reused on resume), config.yaml (the
+    configuration resolved) and, at the end, model.keras. A resume whose settings differ
+    from the checkpoint's in what it depends on stops before writing anything, unless
+    `train.resume` is "force". `start` is when the run began (time.time()), for
+    `train.max_minutes`.
     """
     start = time.time() if start is None else start
+    if config["train"]["resume"] not in RESUME_MODES:
+        raise ValueError(f"train.resume must be one of {', '.join(RESUME_MODES)}; got "
+                         f"{config['train']['resume']!r}.")
     output = Path(config["output"]["dir"])
     manager = CheckpointManager(output / "checkpoints", config["output"]["keep_checkpoints"])
     chief = is_chief()
@@ -64,63 +79,33 @@ def train(config, start=None, print_fn=print):
 
 
 def _train(config, start, print_fn, output, manager, chief):
-    settings, data = config["train"], config["data"]
+    settings = config["train"]
     latest = manager.latest()
     step = 0 if latest is None else latest[0].step
+    record = run_record(config)
+    tokenizer = None if latest is None else _resumed_tokenizer(config, latest, record, output,
+                                                               print_fn)
     if chief:
         save_config(config, output / "config.yaml")
     keras.utils.set_random_seed(settings["seed"])
 
     strategy = distribution_strategy()
     with strategy.scope():
-        model = build_model(config)
-    source = _source(data["train"])
-    options = dict(seed=data["seed"], errors=data["errors"], model=model, repeat=True,
-                   start_batch=step)
-    args = (source, model.tokenizer, data["seq_len"], data["batch_size"])
-    if data["validation_split"]:
-        train_data, validation_data = lm_dataset(
-            *args, validation_split=data["validation_split"], subset="both", **options)
-    else:
-        train_data, validation_data = lm_dataset(*args, **options), None
+        model = build_model(config, tokenizer)
+    if chief and tokenizer is None and model.tokenizer is not None:
+        save_tokenizer(model.tokenizer, output / "tokenizer")
+    train_data, validation_data = _datasets(config, model, step)
+    with strategy.scope():
+        budget = _compile(model, config, start, latest)
 
     multi_worker = is_multi_worker()
-    if multi_worker and settings["max_minutes"]:
-        raise ValueError("train.max_minutes cannot be used with several workers: their clocks "
-                         "would stop them at different steps. Set train.max_steps instead.")
-    budget = None
-    optim = config["optimizer"]
-    with strategy.scope():
-        if settings["max_minutes"]:
-            optimizer = _adamw(model, optim, total_steps=None)  # TimeBudget sets the rate
-            budget = TimeBudget(settings["max_minutes"], optim["lr"], optim["min_lr"],
-                                optim["warmup_steps"], start=start, clock=time.time)
-            if latest is not None and "time_budget" in latest[2]["state"]:
-                budget.set_state(latest[2]["state"]["time_budget"])
-        else:
-            optimizer = _adamw(model, optim, total_steps=settings["max_steps"])
-        model.compile(optimizer=optimizer, jit_compile=settings["jit_compile"])
-
     every = settings["eval_every"]
-    continue_epoch = step % every != 0 and not multi_worker
-    if continue_epoch:  # metrics are built at the first step; their totals are restored before
-        x, y = next(iter(train_data.take(1)))
-        model.compute_metrics(x[:1], y[:1], model(x[:1]), sample_weight=None)
     checkpointing = Checkpointing(
         manager, config["output"]["checkpoint_every"], resume_from=latest,
-        continue_epoch=continue_epoch, write=chief,
-        state=lambda: {"time_budget": budget.get_state()} if budget else {},
+        continue_epoch=step % every != 0 and not multi_worker, write=chief,
+        state=lambda: {"run": record, **({"time_budget": budget.get_state()} if budget else {})},
     )
-    callbacks = [budget] if budget else []
-    callbacks.append(ProgressLogs(data["seq_len"] * data["batch_size"]))
-    if chief:
-        callbacks.append(TensorBoard(output / "logs", config["output"]["log_every"]))
-        if config["output"]["sample_every"] and config["output"]["sample_prompt"]:
-            callbacks.append(TextSamples(
-                config["output"]["sample_prompt"], config["output"]["sample_every"],
-                config["output"]["sample_tokens"], log_dir=output / "logs",
-            ))
-    callbacks.append(checkpointing)  # last: a step's logs are written before its checkpoint
+    callbacks = _callbacks(config, output, chief, budget, checkpointing)
     if multi_worker:
         from tflm.training.multi_worker import fit_multi_worker as fit
     else:
@@ -135,12 +120,108 @@ def _train(config, start, print_fn, output, manager, chief):
         print_fn(f"Resuming from {latest[0].path} (step {step}).")
     history = fit(model, train_data, validation_data, settings["eval_batches"], callbacks,
                   step, every, epochs, settings["verbose"])
-    final_step = optimizer_step(model)
     if checkpointing.interrupted:
+        final_step = optimizer_step(model)
         print_fn(f"Stopped by SIGTERM at step {final_step}; the checkpoint is in "
                  f"{manager.directory}. Run the same command to resume.")
         return TrainResult(model, final_step, None, True, history)
+    return _finish(model, history, config, output, chief, start, print_fn)
 
+
+def run_record(config):
+    """What a checkpoint's exact resume depends on: every setting a resumed run may not
+    change (`config.RESUMABLE_CHANGES` are the others) and a fingerprint of each file
+    the run reads (the training files, and the model it started from)."""
+    record = resume_record(config)
+    for i, path in enumerate(_files(config["data"]["train"])):
+        record[f"data.files[{i}]"] = fingerprint(path)
+    if config["model"]["init_from"]:
+        record["model.init_from (file)"] = fingerprint(config["model"]["init_from"])
+    return record
+
+
+def _resumed_tokenizer(config, latest, record, output, print_fn):
+    """The tokenizer saved with the run (None when there is none), once the checkpoint
+    `latest` is known to continue exactly with `config`: with other settings, an error
+    listing them (a note with train.resume=force)."""
+    checkpoint, _, saved = latest
+    if "run" in saved["state"]:
+        differences = changes(saved["state"]["run"], record)
+    else:
+        differences = ["(not recorded: the checkpoint was written by an earlier tflm)"]
+    directory = output / "tokenizer"
+    # a model from model.init_from brings its own tokenizer (its file's fingerprint is checked)
+    if not directory.is_dir() and not config["model"]["init_from"]:
+        differences.append(f"tokenizer: saved in {directory} -> none (it would be trained "
+                           "again from data.train)")
+    if differences:
+        listed = "\n  ".join(differences)
+        if config["train"]["resume"] != "force":
+            raise ValueError(
+                f"{output} holds checkpoints of a run with other settings; resuming from "
+                f"{checkpoint.path.name} (step {checkpoint.step}) would not continue it "
+                f"exactly:\n  {listed}\nTo start afresh, train into another output.dir; to "
+                "continue from the checkpoint with the new settings, add "
+                "--set train.resume=force."
+            )
+        note = (f"train.resume=force: continuing from {checkpoint.path.name} with settings "
+                f"that differ from the run's:\n  {listed}")
+        if directory.is_dir():
+            note += f"\nThe run's own tokenizer ({directory}) is kept."
+        print_fn(note)
+    return load_tokenizer(directory) if directory.is_dir() else None
+
+
+def _datasets(config, model, step):
+    """The training stream from batch `step` on, and the validation split (or None)."""
+    data = config["data"]
+    options = dict(seed=data["seed"], errors=data["errors"], model=model, repeat=True,
+                   start_batch=step)
+    args = (_source(data["train"]), model.tokenizer, data["seq_len"], data["batch_size"])
+    if data["validation_split"]:
+        return lm_dataset(*args, validation_split=data["validation_split"], subset="both",
+                          **options)
+    return lm_dataset(*args, **options), None
+
+
+def _compile(model, config, start, latest):
+    """Compile `model` with AdamW; returns the `TimeBudget` that sets its learning rate
+    when `train.max_minutes` is set (None otherwise: a cosine over `train.max_steps`)."""
+    settings = config["train"]
+    if is_multi_worker() and settings["max_minutes"]:
+        raise ValueError("train.max_minutes cannot be used with several workers: their clocks "
+                         "would stop them at different steps. Set train.max_steps instead.")
+    optimizer_settings = config["optimizer"]
+    budget = None
+    if settings["max_minutes"]:
+        optimizer = adamw(model, total_steps=None, **optimizer_settings)  # TimeBudget sets the rate
+        budget = TimeBudget(settings["max_minutes"], optimizer_settings["learning_rate"],
+                            optimizer_settings["min_learning_rate"],
+                            optimizer_settings["warmup_steps"], start=start, clock=time.time)
+        if latest is not None and "time_budget" in latest[2]["state"]:
+            budget.set_state(latest[2]["state"]["time_budget"])
+    else:
+        optimizer = adamw(model, total_steps=settings["max_steps"], **optimizer_settings)
+    model.compile(optimizer=optimizer, jit_compile=settings["jit_compile"])
+    return budget
+
+
+def _callbacks(config, output, chief, budget, checkpointing):
+    data, settings = config["data"], config["output"]
+    callbacks = [budget] if budget else []
+    callbacks.append(ProgressLogs(data["seq_len"] * data["batch_size"]))
+    if chief:
+        callbacks.append(TensorBoard(output / "logs", settings["log_every"]))
+        if settings["sample_every"] and settings["sample_prompt"]:
+            callbacks.append(TextSamples(settings["sample_prompt"], settings["sample_every"],
+                                         settings["sample_tokens"], log_dir=output / "logs"))
+    callbacks.append(checkpointing)  # last: a step's logs are written before its checkpoint
+    return callbacks
+
+
+def _finish(model, history, config, output, chief, start, print_fn):
+    """Save the model, print the summary and a sample; the run's `TrainResult`."""
+    final_step = optimizer_step(model)
     val_loss = (history.history.get("val_loss") or [None])[-1] if history else None
     if chief:
         _save_atomically(model, output / "model.keras")
@@ -149,10 +230,10 @@ def _train(config, start, print_fn, output, manager, chief):
     if val_loss is not None:
         summary += f"; validation loss {val_loss:.4f} (perplexity {math.exp(val_loss):.2f})"
     print_fn(f"{summary}." + (f" Saved {output / 'model.keras'}." if chief else ""))
-    if config["output"]["sample_prompt"] and model.tokenizer is not None:
-        prompt = config["output"]["sample_prompt"]
+    prompt = config["output"]["sample_prompt"]
+    if prompt and model.tokenizer is not None:
         text = model.generate(prompt, config["output"]["sample_tokens"], sampler="top_k", k=10,
-                              seed=settings["seed"])
+                              seed=config["train"]["seed"])
         print_fn(f"\n{prompt}{text}")
     return TrainResult(model, final_step, val_loss, False, history)
 
@@ -176,9 +257,10 @@ def _fit(model, train_data, validation_data, validation_steps, callbacks, step, 
     return history
 
 
-def build_model(config):
+def build_model(config, tokenizer=None):
     """The GPT of `config["model"]`, with its tokenizer: loaded from `model.init_from`, or
-    built fresh with a tokenizer made as `config["tokenizer"]` says."""
+    built fresh with `tokenizer` (a resumed run's own) or, when None, a tokenizer made as
+    `config["tokenizer"]` says."""
     settings = dict(config["model"])
     init_from = settings.pop("init_from")
     if init_from:
@@ -186,7 +268,8 @@ def build_model(config):
 
         model = keras.saving.load_model(init_from, compile=False)
     else:
-        tokenizer = build_tokenizer(config["tokenizer"], config["data"]["train"])
+        if tokenizer is None:
+            tokenizer = build_tokenizer(config["tokenizer"], config["data"]["train"])
         model = GPT(vocab_size=tokenizer.vocabulary_size(), tokenizer=tokenizer, **settings)
     if not model.built:
         model.build((None, config["data"]["seq_len"]))
@@ -217,17 +300,6 @@ def _source(name):
 
 def _files(source):
     return resolve_files(_source(source))
-
-
-def _adamw(model, settings, total_steps):
-    return adamw(
-        model, settings["lr"], total_steps=total_steps, warmup_steps=settings["warmup_steps"],
-        min_learning_rate=settings["min_lr"], weight_decay=settings["weight_decay"],
-        decay_norms_and_biases=settings["decay_norms_and_biases"], beta_1=settings["beta_1"],
-        beta_2=settings["beta_2"], epsilon=settings["epsilon"],
-        global_clipnorm=settings["global_clipnorm"],
-        gradient_accumulation_steps=settings["gradient_accumulation_steps"],
-    )
 
 
 def _save_atomically(model, path):
