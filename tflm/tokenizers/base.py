@@ -1,4 +1,7 @@
-"""What every tflm tokenizer shares: explicit special tokens, and ragged ids from text."""
+"""What every tflm tokenizer shares: explicit special tokens, and ragged ids from text.
+
+Shapes in comments: B texts in a batch; None, a ragged dimension (one length a text).
+"""
 
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "pad_token", "mask_token", "unk_token")
 

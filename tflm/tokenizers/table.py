@@ -2,6 +2,8 @@
 
 Both are small enough that their whole vocabulary lives in the config, so they save
 and restore with a model without extra files, and export to any TensorFlow runtime.
+
+Shapes in comments: B texts in a batch, T tokens of a text; None, a ragged dimension.
 """
 
 import keras
