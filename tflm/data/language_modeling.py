@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from tflm.data.sources import token_stream
-from tflm.tokenizers import check_vocabulary_matches
+from tflm.models.attached_tokenizer import check_tokenizer
 
 SUBSETS = ("training", "validation", "both")
 
@@ -13,7 +13,7 @@ SUBSETS = ("training", "validation", "both")
 def _check_model(model, tokenizer, seq_len):
     if model is None:
         return
-    check_vocabulary_matches(tokenizer, model.vocab_size)
+    check_tokenizer(tokenizer, model.vocab_size)
     if seq_len > model.max_sequence_length:
         raise ValueError(
             f"seq_len={seq_len} is larger than the model's context of "

@@ -6,14 +6,10 @@
 `tokenizer.detokenize(ids)` gives text back, and each saves with the model it belongs to.
 """
 
-from tflm.models.attached_tokenizer import check_tokenizer
 from tflm.tokenizers.base import SPECIAL_TOKEN_NAMES, tokenize_batch
 from tflm.tokenizers.bpe import BPETokenizer, train_bpe
 from tflm.tokenizers.table import ByteTokenizer, CharTokenizer
 from tflm.tokenizers.wordpiece import WordPieceTokenizer
-
-# The models' vocabulary check, under the name the data pipelines import.
-check_vocabulary_matches = check_tokenizer
 
 __all__ = [
     "BPETokenizer",
@@ -21,7 +17,6 @@ __all__ = [
     "CharTokenizer",
     "SPECIAL_TOKEN_NAMES",
     "WordPieceTokenizer",
-    "check_vocabulary_matches",
     "tokenize_batch",
     "train_bpe",
 ]
