@@ -51,7 +51,7 @@ def add_train_command(commands):
     parser.add_argument("--config", help="a YAML file or the name of one in configs/ "
                                          "(default: shakespeare-char)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one config value (repeatable), e.g. optimizer.lr=1e-3")
+                        help="override one config value (repeatable), e.g. optimizer.learning_rate=1e-3")
     parser.add_argument("--init-from", help="continue training a saved .keras GPT (an imported "
                                             "checkpoint too): same as --set model.init_from=PATH")
     parser.set_defaults(run=train)

@@ -151,3 +151,16 @@ def test_mixed_precision_trains_in_half_precision_with_float32_weights(policy, t
     assert np.isfinite(result.val_loss) and result.val_loss < 4.0
     is_loss_scaled = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert is_loss_scaled == (policy == "mixed_float16")
+
+
+def test_the_lstm_block_trains_from_the_default_config(tflm_train, tmp_path):
+    # the default config spells out the transformer's settings too; an LSTM GPT takes none
+    result = tflm_train.run(tmp_path / "run", "model.block=lstm", "model.position=sinusoidal",
+                            "train.max_steps=15")
+    assert result.returncode == 0, result.stderr
+    import keras
+
+    import tflm.tokenizers  # noqa: F401  (registers the tokenizer classes)
+
+    model = keras.saving.load_model(tmp_path / "run" / "model.keras", compile=False)
+    assert model.block == "lstm" and "num_heads" not in model.get_config()

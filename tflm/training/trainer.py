@@ -19,6 +19,7 @@ import keras
 from tflm.data import corpora, lm_dataset
 from tflm.data.sources import resolve_files
 from tflm.models import GPT
+from tflm.models.base import TRANSFORMER_ARGUMENTS
 from tflm.training.callbacks import (
     ProgressLogs,
     TensorBoard,
@@ -270,6 +271,8 @@ def build_model(config, tokenizer=None):
     else:
         if tokenizer is None:
             tokenizer = build_tokenizer(config["tokenizer"], config["data"]["train"])
+        if settings["block"] != "transformer":  # the config spells out both kinds' settings
+            settings = {k: v for k, v in settings.items() if k not in TRANSFORMER_ARGUMENTS}
         model = GPT(vocab_size=tokenizer.vocabulary_size(), tokenizer=tokenizer, **settings)
     if not model.built:
         model.build((None, config["data"]["seq_len"]))
