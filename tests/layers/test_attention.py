@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from tflm.layers import MultiHeadAttention
-from tests.helpers import assert_layer_round_trip, to_numpy
-from tests.layers.test_embedding import numpy_rope
+from tests.helpers import assert_cached_decoding_matches, run_layer_test, to_numpy
+from tests.layers.references import numpy_rope
 
 
 def numpy_softmax(x):
@@ -39,7 +39,13 @@ def numpy_attention(layer, x, causal=False, padding_mask=None, rotary=False):
 )
 def test_matches_numpy_reference(num_heads, num_kv_heads, causal, rotary):
     x = np.random.default_rng(0).normal(size=(2, 7, 16)).astype("float32")
-    layer = MultiHeadAttention(num_heads, num_kv_heads, causal=causal, rotary=rotary)
+    layer = run_layer_test(
+        MultiHeadAttention,
+        dict(num_heads=num_heads, num_kv_heads=num_kv_heads, causal=causal, rotary=rotary),
+        x,
+        expected_output_shape=(2, 7, 16),
+        expected_num_trainable_weights=4,  # fused qkv and output projections, with biases
+    )
     out = to_numpy(layer(x))
     np.testing.assert_allclose(
         out, numpy_attention(layer, x, causal=causal, rotary=rotary), atol=1e-5
@@ -50,7 +56,13 @@ def test_matches_numpy_reference(num_heads, num_kv_heads, causal, rotary):
 def test_padding_mask_matches_numpy_reference(causal):
     x = np.random.default_rng(1).normal(size=(2, 6, 8)).astype("float32")
     mask = np.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], bool)
-    layer = MultiHeadAttention(2, causal=causal)
+    layer = run_layer_test(
+        MultiHeadAttention,
+        dict(num_heads=2, causal=causal),
+        {"x": x, "padding_mask": mask},
+        expected_output_shape=(2, 6, 8),
+        expected_num_trainable_weights=4,
+    )
     out = to_numpy(layer(x, padding_mask=mask))
     expected = numpy_attention(layer, x, causal=causal, padding_mask=mask)
     np.testing.assert_allclose(out[mask], expected[mask], atol=1e-5)
@@ -61,7 +73,7 @@ def test_causal_attention_never_looks_ahead():
     x = rng.normal(size=(1, 8, 16)).astype("float32")
     changed = x.copy()
     changed[:, 5:] = rng.normal(size=(1, 3, 16))
-    layer = MultiHeadAttention(4, causal=True)
+    layer = MultiHeadAttention(num_heads=4, causal=True)
     np.testing.assert_allclose(to_numpy(layer(x))[:, :5], to_numpy(layer(changed))[:, :5], atol=1e-6)
     assert not np.allclose(to_numpy(layer(x))[:, 5:], to_numpy(layer(changed))[:, 5:])
 
@@ -69,32 +81,32 @@ def test_causal_attention_never_looks_ahead():
 @pytest.mark.parametrize("num_kv_heads,rotary", [(None, False), (2, True)])
 def test_cached_decoding_matches_full_sequence(num_kv_heads, rotary):
     x = np.random.default_rng(3).normal(size=(2, 9, 16)).astype("float32")
-    layer = MultiHeadAttention(4, num_kv_heads, causal=True, rotary=rotary)
-    full = to_numpy(layer(x))
-    cache = layer.init_cache(batch_size=2, max_length=12)
-    prefill, cache = layer(x[:, :4], cache=cache, cache_index=0)  # prompt in one call
-    steps = [to_numpy(prefill)]
-    for i in range(4, 9):  # then one token at a time
-        y, cache = layer(x[:, i : i + 1], cache=cache, cache_index=i)
-        steps.append(to_numpy(y))
-    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+    layer = MultiHeadAttention(num_heads=4, num_kv_heads=num_kv_heads, causal=True, rotary=rotary)
+    cache = assert_cached_decoding_matches(layer, x, prefill=4, max_length=12)
     assert cache.shape == (2, 2, 12, num_kv_heads or 4, 4)
 
 
 def test_bad_head_counts_are_errors():
     with pytest.raises(ValueError, match="num_heads=3 must divide the hidden width 16"):
-        MultiHeadAttention(3)(np.zeros((1, 2, 16), "float32"))
+        MultiHeadAttention(num_heads=3)(np.zeros((1, 2, 16), "float32"))
     with pytest.raises(ValueError, match="num_kv_heads=3 must divide num_heads=4"):
-        MultiHeadAttention(4, num_kv_heads=3)
+        MultiHeadAttention(num_heads=4, num_kv_heads=3)
 
 
 def test_cache_needs_causal_attention():
-    layer = MultiHeadAttention(2, causal=False)
+    layer = MultiHeadAttention(num_heads=2, causal=False)
     layer(np.zeros((1, 2, 8), "float32"))
     with pytest.raises(ValueError, match="cache needs causal"):
         layer(np.zeros((1, 2, 8), "float32"), cache=layer.init_cache(1, 4), cache_index=0)
 
 
-def test_serialization_round_trip():
+@pytest.mark.parametrize("use_bias,num_weights", [(True, 4), (False, 2)])
+def test_layer_checks_with_dropout(use_bias, num_weights):
     x = np.random.default_rng(4).normal(size=(2, 5, 8)).astype("float32")
-    assert_layer_round_trip(MultiHeadAttention(2, 1, causal=True, rotary=True, dropout=0.1), x)
+    run_layer_test(
+        MultiHeadAttention,
+        dict(num_heads=2, num_kv_heads=1, causal=True, rotary=True, dropout=0.1, use_bias=use_bias),
+        x,
+        expected_output_shape=(2, 5, 8),
+        expected_num_trainable_weights=num_weights,
+    )

@@ -3,15 +3,29 @@ import numpy as np
 import pytest
 
 from tflm.layers import LSTMBlock, TransformerBlock
-from tests.helpers import assert_layer_round_trip, to_numpy
+from tests.helpers import assert_cached_decoding_matches, run_layer_test, to_numpy
+
+# Each kind of block: its class, its arguments and how many weights it trains.
+BLOCKS = {
+    "pre": (TransformerBlock, dict(num_heads=2, intermediate_dim=32, causal=True,
+                                   norm_position="pre"), 12),
+    "post": (TransformerBlock, dict(num_heads=2, intermediate_dim=32, causal=True,
+                                    norm_position="post"), 12),
+    "lstm": (LSTMBlock, dict(), 5),  # norm (2) and LSTM kernel, recurrent kernel, bias
+}
 
 
 def make_block(kind):
-    if kind == "lstm":
-        return LSTMBlock()
-    return TransformerBlock(
-        num_heads=2, intermediate_dim=32, causal=True, norm_position=kind
-    )
+    cls, init_kwargs, _ = BLOCKS[kind]
+    return cls(**init_kwargs)
+
+
+@pytest.mark.parametrize("kind", ["pre", "post", "lstm"])
+def test_layer_checks(kind):
+    cls, init_kwargs, num_weights = BLOCKS[kind]
+    x = np.random.default_rng(5).normal(size=(2, 5, 16)).astype("float32")
+    run_layer_test(cls, init_kwargs, x, expected_output_shape=(2, 5, 16),
+                   expected_num_trainable_weights=num_weights)
 
 
 @pytest.mark.parametrize("kind", ["pre", "post", "lstm"])
@@ -29,21 +43,14 @@ def test_causal_block_never_looks_ahead(kind):
 @pytest.mark.parametrize("kind", ["pre", "post", "lstm"])
 def test_cached_decoding_matches_full_sequence(kind):
     x = np.random.default_rng(1).normal(size=(2, 7, 16)).astype("float32")
-    block = make_block(kind)
-    full = to_numpy(block(x))
-    cache = block.init_cache(batch_size=2, max_length=7)
-    y, cache = block(x[:, :3], cache=cache, cache_index=0)
-    steps = [to_numpy(y)]
-    for i in range(3, 7):
-        y, cache = block(x[:, i : i + 1], cache=cache, cache_index=i)
-        steps.append(to_numpy(y))
-    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+    assert_cached_decoding_matches(make_block(kind), x, prefill=3)
 
 
 def test_pre_and_post_norm_wiring():
     x = np.random.default_rng(2).normal(size=(1, 4, 8)).astype("float32")
     for position in ("pre", "post"):
-        block = TransformerBlock(2, 16, causal=True, norm_position=position)
+        block = TransformerBlock(num_heads=2, intermediate_dim=16, causal=True,
+                                 norm_position=position)
         out = to_numpy(block(x))
         n1, n2, attention, ff = block.norm_1, block.norm_2, block.attention, block.feed_forward
         if position == "pre":
@@ -59,9 +66,15 @@ def test_bidirectional_block_ignores_padded_positions():
     rng = np.random.default_rng(3)
     x = rng.normal(size=(1, 6, 16)).astype("float32")
     mask = np.array([[1, 1, 1, 1, 0, 0]], bool)
+    block = run_layer_test(
+        TransformerBlock,
+        dict(num_heads=2, intermediate_dim=32, causal=False, norm_position="post"),
+        {"x": x, "padding_mask": mask},
+        expected_output_shape=(1, 6, 16),
+        expected_num_trainable_weights=12,
+    )
     changed = x.copy()
     changed[:, 4:] = rng.normal(size=(1, 2, 16))
-    block = TransformerBlock(2, 32, causal=False, norm_position="post")
     out = to_numpy(block(x, padding_mask=mask))
     np.testing.assert_allclose(out[:, :4], to_numpy(block(changed, padding_mask=mask))[:, :4], atol=1e-5)
     np.testing.assert_allclose(out[:, :4], to_numpy(block(x[:, :4]))[:, :4], atol=1e-5)
@@ -84,10 +97,4 @@ def test_lstm_block_is_residual_lstm_of_normalized_input():
 
 def test_unknown_norm_position_is_an_error():
     with pytest.raises(ValueError, match="Unknown norm_position 'sandwich'"):
-        TransformerBlock(2, 8, norm_position="sandwich")
-
-
-@pytest.mark.parametrize("kind", ["pre", "post", "lstm"])
-def test_serialization_round_trip(kind):
-    x = np.random.default_rng(5).normal(size=(2, 5, 16)).astype("float32")
-    assert_layer_round_trip(make_block(kind), x)
+        TransformerBlock(num_heads=2, intermediate_dim=8, norm_position="sandwich")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tflm.layers import FeedForward, normalization
-from tests.helpers import assert_layer_round_trip, to_numpy
+from tests.helpers import run_layer_test, to_numpy
 
 
 def gelu_exact(x):
@@ -22,7 +22,8 @@ def silu(x):
 @pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "relu", "swiglu"])
 def test_matches_numpy_reference(activation):
     x = np.random.default_rng(0).normal(size=(2, 3, 8)).astype("float32")
-    layer = FeedForward(12, activation=activation)
+    layer = run_layer_test(FeedForward, dict(intermediate_dim=12, activation=activation), x,
+                           expected_output_shape=(2, 3, 8), expected_num_trainable_weights=4)
     out = to_numpy(layer(x))
     h = x @ to_numpy(layer.up.kernel) + to_numpy(layer.up.bias)
     if activation == "swiglu":
@@ -33,7 +34,6 @@ def test_matches_numpy_reference(activation):
         ](h)
     expected = h @ to_numpy(layer.down.kernel) + to_numpy(layer.down.bias)
     np.testing.assert_allclose(out, expected, atol=1e-5)
-    assert_layer_round_trip(layer, x)
 
 
 def test_rms_norm_matches_formula():
@@ -44,6 +44,6 @@ def test_rms_norm_matches_formula():
 
 def test_unknown_names_are_errors():
     with pytest.raises(ValueError, match="Unknown activation 'tanh'"):
-        FeedForward(8, activation="tanh")
+        FeedForward(intermediate_dim=8, activation="tanh")
     with pytest.raises(ValueError, match="Unknown norm 'batchnorm'"):
         normalization("batchnorm", 1e-5)
