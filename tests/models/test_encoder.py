@@ -2,20 +2,13 @@ import numpy as np
 import pytest
 
 from tflm.models import Classifier, Encoder, MaskedLM
-from tests.helpers import assert_model_round_trip, assert_overfits, to_numpy
-
-
-def tiny_encoder(**overrides):
-    config = dict(
-        vocab_size=23,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        max_sequence_length=10,
-        dropout=0.0,
-    )
-    return Encoder(**{**config, **overrides})
+from tests.helpers import (
+    assert_model_round_trip,
+    assert_overfits,
+    run_model_test,
+    tiny_encoder,
+    to_numpy,
+)
 
 
 def batch(seed=0):
@@ -44,6 +37,19 @@ def test_padding_never_changes_real_positions(norm_position):
     np.testing.assert_allclose(out[2, :3], alone[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("norm_position", ["post", "pre"])
+def test_model_checks(norm_position, tmp_path):
+    # Shapes, serialization, `.keras` round trip with dropout in the config, one training
+    # step, mixed precision.
+    run_model_test(
+        tiny_encoder,
+        dict(norm_position=norm_position, dropout=0.1),
+        batch(),
+        expected_output_shape={"sequence_output": (3, 8, 16), "pooled_output": (3, 16)},
+        tmp_path=tmp_path,
+    )
+
+
 def test_outputs_and_segments():
     encoder = tiny_encoder()
     inputs = batch()
@@ -55,17 +61,25 @@ def test_outputs_and_segments():
 
 
 def test_masked_lm_predicts_at_mask_positions(tmp_path):
-    model = MaskedLM(tiny_encoder())
     inputs = {**batch(), "mask_positions": np.array([[1, 2], [0, 4], [2, 1]], "int32")}
-    logits = model(inputs)
-    assert logits.shape == (3, 2, 23)
-    assert_model_round_trip(model, inputs, tmp_path)
+    # The checks' training step also shows the frozen [CLS] pooler is all MaskedLM leaves.
+    run_model_test(MaskedLM, dict(encoder=tiny_encoder()), inputs, expected_output_shape=(3, 2, 23),
+                   tmp_path=tmp_path, expected_output_dtype="float32")
 
 
 def test_masked_lm_overfits():
     inputs = {**batch(), "mask_positions": np.array([[1, 2], [0, 4], [2, 1]], "int32")}
     labels = np.take_along_axis(inputs["token_ids"], inputs["mask_positions"], axis=1)
     assert_overfits(MaskedLM(tiny_encoder()), inputs, labels, epochs=60, learning_rate=1e-2)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_classifier_checks(pooling, tmp_path):
+    # The training step moves every trainable weight: the [CLS] pooler trains exactly
+    # when the classifier reads it.
+    run_model_test(Classifier, dict(encoder=tiny_encoder(), num_classes=3, pooling=pooling),
+                   batch(seed=1), expected_output_shape=(3, 3), tmp_path=tmp_path,
+                   expected_output_dtype="float32")
 
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
@@ -110,19 +124,15 @@ def test_masked_lm_does_not_train_the_unused_pooler():
         v.path for v in model.trainable_variables}
 
 
-def test_encoder_round_trip(tmp_path):
-    assert_model_round_trip(tiny_encoder(dropout=0.1), batch(), tmp_path)
-
-
 def test_bad_input_is_an_error():
     with pytest.raises(ValueError, match="Unknown preset 'bert-huge'"):
         Encoder.from_preset("bert-huge")
     with pytest.raises(ValueError, match="num_heads=5 must divide hidden_dim=16"):
         tiny_encoder(num_heads=5)
     with pytest.raises(ValueError, match="2 label names given for 3 classes"):
-        Classifier(tiny_encoder(), 3, label_names=["a", "b"])
+        Classifier(tiny_encoder(), num_classes=3, label_names=["a", "b"])
     with pytest.raises(ValueError, match="Unknown pooling 'max'"):
-        Classifier(tiny_encoder(), 3, pooling="max")
+        Classifier(tiny_encoder(), num_classes=3, pooling="max")
     with pytest.raises(ValueError, match="12 tokens but the encoder's context is 10"):
         tiny_encoder()(np.ones((1, 12), "int32"))
     with pytest.raises(ValueError, match="need 'token_ids'"):

@@ -3,41 +3,45 @@ import numpy as np
 import pytest
 
 from tflm.models import GPT
-from tests.helpers import assert_model_round_trip, assert_overfits, to_numpy
+from tests.helpers import (
+    assert_cached_decoding_matches,
+    assert_overfits,
+    random_ids,
+    run_model_test,
+    to_numpy,
+)
 
+SIZES = dict(vocab_size=17, num_layers=2, hidden_dim=16, max_sequence_length=12)
+TRANSFORMER = dict(num_heads=2, intermediate_dim=32)
 # Tiny configurations covering each block kind, position kind, norm, activation and GQA.
 CONFIGS = {
-    "gpt2": dict(position="learned", activation="gelu_tanh", norm="layernorm"),
+    "gpt2": dict(TRANSFORMER, position="learned", activation="gelu_tanh", norm="layernorm"),
     "llama": dict(
-        position="rotary", activation="swiglu", norm="rmsnorm", num_kv_heads=1, use_bias=False
+        TRANSFORMER, position="rotary", activation="swiglu", norm="rmsnorm", num_kv_heads=1,
+        use_bias=False,
     ),
-    "sinusoidal": dict(position="sinusoidal", tie_embeddings=False),
+    "sinusoidal": dict(TRANSFORMER, position="sinusoidal", tie_embeddings=False),
     "lstm": dict(block="lstm", position="sinusoidal", tie_embeddings=False),
 }
 
 
-def tiny_gpt(name, **overrides):
-    config = dict(vocab_size=17, num_layers=2, hidden_dim=16, max_sequence_length=12)
-    if CONFIGS[name].get("block") != "lstm":
-        config.update(num_heads=2, intermediate_dim=32)
-    return GPT(**{**config, **CONFIGS[name], **overrides})
-
-
-def random_ids(shape, seed=0, vocab=17):
-    return np.random.default_rng(seed).integers(0, vocab, size=shape).astype("int32")
+def gpt(name, **overrides):
+    return GPT(**{**SIZES, **CONFIGS[name], **overrides})
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_logits_shape_and_dtype(name):
-    logits = tiny_gpt(name)(random_ids((3, 10)))
-    assert logits.shape == (3, 10, 17)
-    assert keras.backend.standardize_dtype(logits.dtype) == "float32"
+def test_model_checks(name, tmp_path):
+    # Shapes, float32 logits (also under mixed precision), serialization, `.keras`
+    # round trip with dropout in the config, one training step.
+    run_model_test(GPT, {**SIZES, **CONFIGS[name], "dropout": 0.1}, random_ids((3, 10), 17),
+                   expected_output_shape=(3, 10, 17), tmp_path=tmp_path,
+                   expected_output_dtype="float32")
 
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_changing_a_future_token_never_changes_earlier_logits(name):
-    model = tiny_gpt(name)
-    ids = random_ids((2, 10))
+    model = gpt(name)
+    ids = random_ids((2, 10), 17)
     changed = ids.copy()
     changed[:, 6] = (changed[:, 6] + 1) % 17
     before, after = to_numpy(model(ids)), to_numpy(model(changed))
@@ -47,27 +51,13 @@ def test_changing_a_future_token_never_changes_earlier_logits(name):
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_cached_decoding_matches_full_forward(name):
-    model = tiny_gpt(name)
-    ids = random_ids((2, 12), seed=1)
-    full = to_numpy(model(ids))
-    cache = model.init_cache(batch_size=2, max_length=12)
-    logits, cache = model(ids[:, :5], cache=cache, cache_index=0)
-    steps = [to_numpy(logits)]
-    for i in range(5, 12):
-        logits, cache = model(ids[:, i : i + 1], cache=cache, cache_index=i)
-        steps.append(to_numpy(logits))
-    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-4)
-
-
-@pytest.mark.parametrize("name", CONFIGS)
-def test_save_and_load_round_trip(name, tmp_path):
-    assert_model_round_trip(tiny_gpt(name, dropout=0.1), random_ids((2, 8)), tmp_path)
+    assert_cached_decoding_matches(gpt(name), random_ids((2, 12), 17, seed=1), prefill=5, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "lstm"])
 def test_overfits_a_fixed_batch(name):
-    ids = random_ids((4, 11), seed=2)
-    model = tiny_gpt(name, hidden_dim=32)
+    ids = random_ids((4, 11), 17, seed=2)
+    model = gpt(name, hidden_dim=32)
     losses = assert_overfits(model, ids[:, :-1], ids[:, 1:], epochs=80, learning_rate=1e-2)
     assert losses[0] > 2.5  # about ln(17) = 2.83 at the start
 
@@ -100,17 +90,17 @@ def test_bad_configurations_are_errors():
     with pytest.raises(ValueError, match=r"Unknown override\(s\) \['widht'\]"):
         GPT.from_preset("shakespeare-char", widht=3)
     with pytest.raises(ValueError, match="Unknown block 'mamba'"):
-        tiny_gpt("gpt2", block="mamba")
+        gpt("gpt2", block="mamba")
     with pytest.raises(ValueError, match="num_heads=3 must divide hidden_dim=16"):
-        tiny_gpt("gpt2", num_heads=3)
+        gpt("gpt2", num_heads=3)
     with pytest.raises(ValueError, match="Rotary positions"):
-        tiny_gpt("lstm", position="rotary")
+        gpt("lstm", position="rotary")
 
 
 def test_sequence_longer_than_context_is_an_error():
-    model = tiny_gpt("gpt2")
+    model = gpt("gpt2")
     with pytest.raises(ValueError, match="13 tokens but the model's context is 12"):
-        model(random_ids((1, 13)))
+        model(random_ids((1, 13), 17))
     with pytest.raises(ValueError, match="exceeds the model's context of 12"):
         model.init_cache(batch_size=1, max_length=20)
 
@@ -118,8 +108,8 @@ def test_sequence_longer_than_context_is_an_error():
 @pytest.mark.parametrize("name", ["gpt2", "lstm"])
 def test_remat_trains_exactly_like_no_remat(name):
     # Recomputing activations in the backward pass must give the same gradients.
-    ids = random_ids((4, 9), seed=3)
-    models = [tiny_gpt(name, remat=remat) for remat in (False, True)]
+    ids = random_ids((4, 9), 17, seed=3)
+    models = [gpt(name, remat=remat) for remat in (False, True)]
     for model in models:
         model.build((None, 8))
     models[1].set_weights(models[0].get_weights())
