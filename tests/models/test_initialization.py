@@ -12,9 +12,9 @@ from tests.helpers import tiny_gpt, to_numpy
 
 
 def built(name):
-    """A preset model of each kind, built."""
+    """A preset model of each kind, built (without its tokenizer: TensorFlow-free for JAX)."""
     if name in ("shakespeare-char", "shakespeare-char-lstm"):
-        model = GPT.from_preset(name)
+        model = GPT.from_preset(name, tokenizer=None)
         model.build((None, 16))
         return model
     inputs = {"token_ids": (None, 16), "padding_mask": (None, 16)}
@@ -73,7 +73,8 @@ def test_gpt_initialization_matches_gpt2():
 
 
 def test_unscaled_residual_initialization():
-    model = GPT.from_preset("shakespeare-char", scaled_residual_init=False, initializer_range=0.05)
+    model = GPT.from_preset("shakespeare-char", scaled_residual_init=False, initializer_range=0.05,
+                            tokenizer=None)
     model.build((None, 8))
     for block in model.blocks:
         assert_normal(to_numpy(block.attention.output_projection.kernel).ravel(), 0.05, block.name)
@@ -103,7 +104,7 @@ def test_seed_makes_builds_identical():
 
 
 def test_lstm_gpt_takes_no_transformer_arguments():
-    lstm = GPT.from_preset("shakespeare-char-lstm")
+    lstm = GPT.from_preset("shakespeare-char-lstm", tokenizer=None)
     assert "num_heads" not in lstm.get_config() and "activation" not in lstm.get_config()
     with pytest.raises(ValueError, match="num_heads, activation configure transformer blocks"):
         tiny_gpt(block="lstm", num_heads=2, activation="relu")

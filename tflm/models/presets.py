@@ -22,9 +22,10 @@ SHAKESPEARE_CHAR_TOKENIZER = {
 }
 
 GPT_PRESETS = {
-    # Character-level Shakespeare, sized to train on 2 CPU cores in minutes: trained on
-    # 128-character blocks, batch 32, AdamW 3e-3 -> 3e-4 fitted to the time budget, it
-    # reaches a validation loss of 1.46 nats/char in 10 minutes (benchmarks/RESULTS.md).
+    # Character-level Shakespeare, sized to train on 2 CPU cores in minutes: trained by
+    # `tflm train` (configs/shakespeare-char.yaml: 128-character blocks, batch 32, AdamW
+    # 3e-3 -> 3e-4 fitted to the time budget), it reaches a validation loss of 1.51-1.52
+    # nats/char within 10 minutes of the command's start (benchmarks/RESULTS.md).
     # Rotary positions carry no weights, so the context (256) may exceed the training blocks.
     "shakespeare-char": dict(
         vocab_size=65,
