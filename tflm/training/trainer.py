@@ -19,7 +19,7 @@ import keras
 from tflm.data import corpora, lm_dataset
 from tflm.data.sources import resolve_files
 from tflm.models import GPT
-from tflm.models.base import TRANSFORMER_ARGUMENTS
+from tflm.models.base import BLOCKS
 from tflm.training.callbacks import (
     ProgressLogs,
     TensorBoard,
@@ -271,8 +271,10 @@ def build_model(config, tokenizer=None):
     else:
         if tokenizer is None:
             tokenizer = build_tokenizer(config["tokenizer"], config["data"]["train"])
-        if settings["block"] != "transformer":  # the config spells out both kinds' settings
-            settings = {k: v for k, v in settings.items() if k not in TRANSFORMER_ARGUMENTS}
+        # the config spells out every block kind's settings: pass the chosen kind's only
+        others = {name for kind, spec in BLOCKS.items() if kind != settings["block"]
+                  for name in spec.arguments}
+        settings = {k: v for k, v in settings.items() if k not in others}
         model = GPT(vocab_size=tokenizer.vocabulary_size(), tokenizer=tokenizer, **settings)
     if not model.built:
         model.build((None, config["data"]["seq_len"]))
