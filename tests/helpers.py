@@ -12,6 +12,9 @@ array or a dict of arrays), as `fit` gives it.
 """
 
 import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import keras
@@ -40,6 +43,17 @@ def tiny_encoder(**overrides):
     config = dict(vocab_size=23, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
                   max_sequence_length=10, dropout=0.0)
     return Encoder(**{**config, **overrides})
+
+
+def run_in_core_tensorflow(code):
+    """Run `code` in a fresh Python where tensorflow_text, keras_hub and tflm cannot be
+    imported (only core TensorFlow's ops exist, as in TF Serving); return the JSON it
+    prints last."""
+    blocked = "".join(f"sys.modules[{name!r}] = None\n" for name in ("tensorflow_text", "keras_hub", "tflm"))
+    result = subprocess.run([sys.executable, "-c", "import sys\n" + blocked + textwrap.dedent(code)],
+                            capture_output=True, text=True, timeout=300, cwd="/")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def random_ids(shape, vocab_size, seed=0):

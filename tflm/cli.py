@@ -92,26 +92,56 @@ def evaluate(args):
 
 
 def add_export_command(commands):
-    parser = commands.add_parser("export", help="export a saved model as a SavedModel for TF Serving")
-    parser.add_argument("--model", required=True, help="a .keras file saved by tflm")
-    parser.add_argument("--name", required=True, help="the model's name: saved_models/NAME/VERSION")
+    parser = commands.add_parser(
+        "export", help="export a saved model as a SavedModel for TF Serving, or check an export",
+        description="Write saved_models/NAME/VERSION, a SavedModel that stock TF Serving and plain "
+                    "TensorFlow load (no tflm, no tensorflow-text); or, with --check DIR alone, "
+                    "check an existing export.")
+    parser.add_argument("--model", help="a .keras file saved by tflm")
+    parser.add_argument("--name", help="the model's name: saved_models/NAME/VERSION")
     parser.add_argument("--version", type=int, help="default: the next one")
-    parser.add_argument("--base-path", default="saved_models")
+    parser.add_argument("--base-path", default="saved_models", help="default: %(default)s")
     parser.add_argument("--max-new-tokens", type=int,
                         help="length of a GPT's serving_default completions (default 64)")
+    parser.add_argument("--warmup-batch-size", type=int, default=8,
+                        help="TF Serving warm-up requests compile a GPT's decoding for batches "
+                             "1, 2, 4, ... up to this (0: none; default %(default)s)")
+    parser.add_argument("--check", nargs="?", const=True, metavar="DIR",
+                        help="check that an export uses only core TensorFlow ops, loads and answers "
+                             "its warm-up requests in a process without tflm and tensorflow-text: "
+                             "the new export, or the version folder DIR")
     parser.set_defaults(run=export)
 
 
 def export(args):
     import re
 
-    from tflm.export import saved_model
-
+    if isinstance(args.check, str) and args.model is None:
+        return _check_export(args.check)
+    if args.model is None or args.name is None:
+        raise ValueError("export needs --model and --name (or --check DIR to check an export).")
     if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", args.name):
         raise ValueError(f"a model name is letters, digits, '_', '-' and '.'; got {args.name!r}.")
+    from tflm.export import saved_model
+
     model = _load_model(args.model)
-    path = saved_model(model, f"{args.base_path}/{args.name}", args.version, args.max_new_tokens)
+    path = saved_model(model, f"{args.base_path}/{args.name}", args.version, args.max_new_tokens,
+                       warmup_batch_size=args.warmup_batch_size)
     print(f"Exported {path}")
+    if args.check:
+        _check_export(path)
+
+
+def _check_export(path):
+    from tflm.export import audit
+
+    report = audit.check(path)
+    problems = audit.problems(report)
+    if problems:
+        raise RuntimeError(f"{path} fails the check: " + "; ".join(problems))
+    print(f"{path}: {len(report['ops'])} op types, all in core TensorFlow; loads and answers "
+          f"{report['warmup_requests']} warm-up requests without tflm or tensorflow-text "
+          f"(signatures: {', '.join(report['signatures'])}).")
 
 
 def add_serve_command(commands):

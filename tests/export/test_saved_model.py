@@ -1,16 +1,15 @@
-"""Exports load without tflm and answer as the library does."""
+"""Exports load with TensorFlow alone and answer as the library does."""
 
 import json
 import subprocess
 import sys
-import textwrap
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_in_core_tensorflow
 from tflm.export import saved_model
 
 PROMPTS = ["ROMEO:", "JULIET: O Romeo, Romeo", "\n"]
@@ -19,15 +18,6 @@ PROMPTS = ["ROMEO:", "JULIET: O Romeo, Romeo", "\n"]
 @pytest.fixture(scope="module")
 def gpt_export(gpt, tmp_path_factory):
     return saved_model(gpt, tmp_path_factory.mktemp("exports") / "shakespeare", max_new_tokens=12)
-
-
-def run_without_tflm(code):
-    """Run `code` in a fresh Python where `import tflm` fails; return its JSON output."""
-    script = "import sys\nsys.modules['tflm'] = None\n" + textwrap.dedent(code)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=300, cwd="/")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def generate_inputs(n, max_new_tokens, temperature, top_k, top_p, seed):
@@ -42,7 +32,7 @@ def test_gpt_export_matches_the_library_in_a_process_without_tflm(gpt, gpt_expor
         "top_p": (generate_inputs(3, 10, 1.0, 0, 0.9, 3), dict(sampler="top_p", p=0.9, seed=3)),
     }
     token_ids = np.random.default_rng(0).integers(0, 65, (2, 9)).astype("int32")
-    outputs = run_without_tflm(f"""
+    outputs = run_in_core_tensorflow(f"""
         import json
         import tensorflow as tf
         model = tf.saved_model.load({str(gpt_export)!r})
@@ -59,25 +49,6 @@ def test_gpt_export_matches_the_library_in_a_process_without_tflm(gpt, gpt_expor
     for name, (inputs, sampler) in settings.items():
         assert outputs[name] == gpt.generate(PROMPTS, inputs["max_new_tokens"][0], **sampler), name
     np.testing.assert_allclose(outputs["logits"], keras.ops.convert_to_numpy(gpt(token_ids)), atol=1e-5)
-
-
-def test_classifier_export_matches_the_library(classifier, tmp_path):
-    path = saved_model(classifier, tmp_path / "sentiment")
-    texts = ["a good movie", "bad and dull acting", "plot"]
-    outputs = run_without_tflm(f"""
-        import json
-        import tensorflow as tf
-        import tensorflow_text  # noqa: F401  (the WordPiece op)
-        out = tf.saved_model.load({str(path)!r}).signatures["classify"](texts=tf.constant({texts!r}))
-        print(json.dumps({{"probabilities": out["probabilities"].numpy().tolist(),
-                          "labels": [label.decode() for label in out["labels"].numpy()]}}))
-    """)
-    from tflm.data.classification import encode_texts
-
-    logits = classifier(encode_texts(tf.constant(texts), classifier.tokenizer, 32))
-    expected = keras.ops.convert_to_numpy(keras.ops.softmax(logits))
-    np.testing.assert_allclose(outputs["probabilities"], expected, atol=1e-5)
-    assert outputs["labels"] == [["negative", "positive"][i] for i in expected.argmax(-1)]
 
 
 def test_versions_count_up_and_are_never_overwritten(gpt, tmp_path):

@@ -16,7 +16,7 @@ from tflm.export import Server, saved_model
 @pytest.fixture(scope="module")
 def exports(gpt, classifier, tmp_path_factory):
     base = tmp_path_factory.mktemp("saved_models")
-    saved_model(gpt, base / "shakespeare", max_new_tokens=8)
+    saved_model(gpt, base / "shakespeare", max_new_tokens=8, warmup_batch_size=1)
     saved_model(classifier, base / "sentiment")
     return base
 
@@ -123,7 +123,7 @@ def test_a_new_version_is_served_without_a_restart(gpt, exports, tmp_path):
     shutil.copytree(exports / "shakespeare" / "1", base / "1")
     server = start(base, "shakespeare")
     try:
-        saved_model(gpt, base, max_new_tokens=4)  # version 2, shorter completions
+        saved_model(gpt, base, max_new_tokens=4, warmup_batch_size=1)  # version 2: shorter completions
         status, answer = request(server, "GET", "/v1/models/shakespeare")
         assert [v["version"] for v in answer["model_version_status"]] == ["2", "1"]
         _, newest = request(server, "POST", "/v1/models/shakespeare:predict", {"instances": ["ROMEO:"]})

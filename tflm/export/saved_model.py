@@ -12,7 +12,8 @@ GPT
                      temperature 0 is greedy; top_k 0 and top_p 1 switch those off.
     serving_default  prompts string [B] -> completions string [B]: greedy, the
                      `max_new_tokens` given at export.
-    logits           token_ids int32 [B, T] -> logits float32 [B, T, vocab_size]
+    logits           token_ids int32 [B, T] -> logits float32 [B, T, vocab_size];
+                     T at most the context, ids below vocab_size
 Classifier
     classify = serving_default
                      texts string [B] -> probabilities float32 [B, C], labels string [B]
@@ -20,7 +21,16 @@ Classifier
 A prompt longer than the context leaves room for is cut to its last tokens; bad
 settings (max_new_tokens outside 1 .. context - 1, top_p outside (0, 1], a negative
 top_k or temperature) fail the request with an InvalidArgument error.
-The export needs TensorFlow to load (and tensorflow-text for WordPiece), not tflm.
+
+Every op in an export is one of core TensorFlow's (tokenizers included), so plain
+TensorFlow, its C++ and Java runtimes and stock TF Serving load it: no tflm, no
+tensorflow-text. `tflm export --check` proves it for an export (tflm/export/audit.py).
+
+The decode loop is compiled with XLA once for each (batch, length) shape it meets.
+Batches are padded to a power of two, and lengths round up to a multiple of
+LENGTH_BUCKET, so a few shapes cover every request; the export writes one TF Serving
+warm-up request for each (assets.extra/tf_serving_warmup_requests), which TF Serving and
+`tflm serve` replay at load, so no request waits for a compilation.
 """
 
 import os
@@ -31,6 +41,7 @@ import keras
 import tensorflow as tf
 
 from tflm.data.classification import encode_texts
+from tflm.export.audit import WARMUP_FILE
 from tflm.generation.decode import LENGTH_BUCKET, MAX_STOP_TOKENS, make_decode_loop
 from tflm.generation.samplers import PerRow
 from tflm.models import GPT, Classifier
@@ -39,22 +50,28 @@ from tflm.tokenizers import tokenize_batch
 PREFILL = 16  # prompt tokens fed in one call before the token-by-token loop
 
 
-def saved_model(model, base_path, version=None, max_new_tokens=None):
+def saved_model(model, base_path, version=None, max_new_tokens=None, warmup_batch_size=8):
     """Export `model` (a GPT or Classifier with its tokenizer) as `base_path/<version>/`.
 
     `version` defaults to the next integer after those present. The SavedModel is written
     into a temporary folder and renamed into place, so a server watching `base_path`
     never sees a half-written version; an existing version is never overwritten.
     `max_new_tokens` is the length of a GPT's `serving_default` completions (default 64,
-    or less when the context is shorter).
+    or less when the context is shorter). The warm-up requests compile a GPT's decode
+    loop for the batch sizes 1, 2, 4, ... up to `warmup_batch_size` (0: no warm-up
+    file) and every length; larger batches compile on their first request.
     Returns the version's path.
     """
     if getattr(model, "tokenizer", None) is None:
         raise ValueError("Only a model with a tokenizer can be exported: its signatures take text.")
+    if warmup_batch_size < 0:
+        raise ValueError(f"warmup_batch_size must be 0 or more; got {warmup_batch_size}.")
     if isinstance(model, GPT):
         archive = _gpt_archive(model, max_new_tokens)
+        warmup = _gpt_warmup(model, warmup_batch_size)
     elif isinstance(model, Classifier):
         archive = _classifier_archive(model)
+        warmup = [("classify", {"texts": tf.constant(["warm-up"])})] if warmup_batch_size else []
     else:
         raise TypeError(f"Cannot export a {type(model).__name__}; expected a GPT or a Classifier.")
 
@@ -72,6 +89,8 @@ def saved_model(model, base_path, version=None, max_new_tokens=None):
     shutil.rmtree(temporary, ignore_errors=True)
     try:
         archive.write_out(str(temporary), verbose=False)
+        if warmup:
+            write_warmup_requests(temporary, warmup)
         temporary.rename(final)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
@@ -88,16 +107,24 @@ def _gpt_archive(model, max_new_tokens):
     stops = tf.constant(([eos] if eos is not None else []) + [-1] * (MAX_STOP_TOKENS - (eos is not None)),
                         tf.int32)
 
+    @tf.function(jit_compile=True)  # one XLA function both signatures call: one compilation a shape
+    def decode(buffer, lengths, max_new_tokens, seed, temperature, top_k, top_p):
+        loop = make_decode_loop(model, PerRow(temperature, top_k, top_p), PREFILL)
+        return loop(buffer, lengths, max_new_tokens, seed, stops)[0]
+
     def generate(prompts, max_new_tokens, temperature, top_k, top_p, seed):
         _check_settings(context, max_new_tokens, temperature, top_k, top_p)
         ids = _prompt_ids(tokenizer, prompts, context - max_new_tokens)
         lengths = tf.cast(ids.row_lengths(), tf.int32)
         ends = lengths + max_new_tokens
         total = tf.minimum(-(-tf.reduce_max(ends) // LENGTH_BUCKET) * LENGTH_BUCKET, context)
-        buffer = ids.to_tensor(0, shape=tf.stack([ids.nrows(), tf.cast(total, tf.int64)]))
-        sampler = PerRow(temperature, top_k, top_p)
-        loop = tf.function(make_decode_loop(model, sampler, PREFILL), jit_compile=True)
-        tokens, _ = loop(buffer, lengths, max_new_tokens, seed, stops)
+        batch = tf.shape(prompts)[0]
+        buffer = ids.to_tensor(0, shape=tf.stack([tf.cast(batch, tf.int64), tf.cast(total, tf.int64)]))
+        # Rows copied from the first pad the batch to a power of two (a row's tokens do
+        # not depend on the others), so a few batch shapes compile.
+        rows = tf.concat([tf.range(batch), tf.zeros([padded_batch(batch) - batch], tf.int32)], 0)
+        row_inputs = [buffer, lengths, max_new_tokens, seed, temperature, top_k, top_p]
+        tokens = decode(*[tf.gather(x, rows) for x in row_inputs])[:batch]
         positions = tf.range(total)[None, :]
         generated = (positions >= lengths[:, None]) & (positions < ends[:, None])
         stopped = tf.reduce_any(tokens[..., None] == stops[None, None, :], axis=-1) & generated
@@ -112,6 +139,11 @@ def _gpt_archive(model, max_new_tokens):
                         tf.zeros([batch], tf.int32), tf.ones([batch]), tf.zeros([batch], tf.int32))
 
     def logits(token_ids):
+        tf.debugging.assert_less_equal(tf.shape(token_ids)[1], context,
+                                       message=f"token_ids is longer than the context of {context}")
+        tf.debugging.assert_non_negative(token_ids, message="a token id is negative")
+        tf.debugging.assert_less(token_ids, model.vocab_size,
+                                 message=f"a token id is not below the vocabulary size {model.vocab_size}")
         return {"logits": tf.cast(model(token_ids), tf.float32)}
 
     archive = _archive(model, tokenizer)
@@ -121,6 +153,67 @@ def _gpt_archive(model, max_new_tokens):
                                                 rows(tf.int32), rows(tf.float32), rows(tf.int32)])
     archive.add_endpoint("logits", logits, [tf.TensorSpec([None, None], tf.int32)])
     return archive
+
+
+def padded_batch(batch):
+    """The power of two at or above `batch` (an int32 tensor): the batch the decode loop runs."""
+    x = batch - 1
+    for shift in (1, 2, 4, 8, 16):  # copy the highest set bit into every lower one
+        x = tf.bitwise.bitwise_or(x, tf.bitwise.right_shift(x, shift))
+    return x + 1
+
+
+def _gpt_warmup(model, batch_size):
+    """One `generate` request a compiled shape: batches 1, 2, 4, ... `batch_size`, and for
+    each every total length the decode loop rounds to (LENGTH_BUCKET multiples, the context);
+    then one request to each other signature, which TensorFlow prepares on its first call."""
+    if not batch_size:
+        return []
+    context = model.max_sequence_length
+    prompt = _warmup_prompt(model.tokenizer)
+    totals = sorted({min(t, context) for t in range(LENGTH_BUCKET, context + LENGTH_BUCKET, LENGTH_BUCKET)})
+    requests = [("serving_default", {"prompts": tf.constant([prompt])}),
+                ("logits", {"token_ids": tf.zeros([1, 1], tf.int32)})]
+    batch = 1
+    while batch <= batch_size:
+        for total in totals:  # a one-token prompt and total - 1 new tokens end at `total`
+            rows = lambda value, dtype: tf.constant([value] * batch, dtype)  # noqa: E731
+            requests.append(("generate", {
+                "prompts": rows(prompt, tf.string), "max_new_tokens": rows(total - 1, tf.int32),
+                "temperature": rows(0.0, tf.float32), "top_k": rows(0, tf.int32),
+                "top_p": rows(1.0, tf.float32), "seed": rows(0, tf.int32)}))
+        batch *= 2
+    return requests
+
+
+def _warmup_prompt(tokenizer):
+    """A text of exactly one token."""
+    specials = set(tokenizer.special_tokens_list())
+    for token_id in range(tokenizer.vocabulary_size()):
+        if tokenizer.id_to_token(token_id) in specials:
+            continue
+        text = tokenizer.detokenize(tf.constant([token_id])).numpy()
+        if tokenize_batch(tokenizer, tf.constant([text])).row_lengths().numpy()[0] == 1:
+            return text
+    raise ValueError("The tokenizer has no token whose text tokenizes to itself.")
+
+
+def write_warmup_requests(directory, requests):
+    """Write `requests` [(signature, {input: tensor})] as TF Serving's warm-up file: PredictionLog
+    records in directory/assets.extra/tf_serving_warmup_requests (TFRecord)."""
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    folder = Path(directory) / "assets.extra"
+    folder.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(folder / WARMUP_FILE)) as writer:
+        for signature, inputs in requests:
+            request = predict_pb2.PredictRequest()
+            request.model_spec.signature_name = signature
+            for name, value in inputs.items():
+                request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
 
 
 def _classifier_archive(model):

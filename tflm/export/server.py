@@ -28,6 +28,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 
+from tflm.export.audit import read_warmup_requests
+
 _ROUTE = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?"
     r"(?:(?P<metadata>/metadata)|(?P<predict>:predict))?/?$"
@@ -61,7 +63,7 @@ class ModelVersions:
                    if p.name.isdigit() and (p / "saved_model.pb").is_file()}
         with self._lock:
             for version in sorted(present - set(self._loaded)):
-                self._loaded[version] = tf.saved_model.load(str(self.base_path / str(version)))
+                self._loaded[version] = load_and_warm_up(self.base_path / str(version))
             for version in set(self._loaded) - present:
                 del self._loaded[version]
 
@@ -83,6 +85,15 @@ class ModelVersions:
             else:
                 number = int(version)
             return number, self._loaded[number]
+
+
+def load_and_warm_up(path):
+    """Load the SavedModel at `path` and replay its warm-up requests, as TF Serving does,
+    so that the compilations they trigger happen before it serves."""
+    model = tf.saved_model.load(str(path))
+    for signature, inputs in read_warmup_requests(path):
+        model.signatures[signature](**{name: tf.constant(value) for name, value in inputs.items()})
+    return model
 
 
 class Server:
