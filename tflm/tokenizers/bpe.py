@@ -1,13 +1,26 @@
-"""Byte-level BPE (GPT-2's scheme): trained here, applied by keras-hub's BytePairTokenizer."""
+"""Byte-level BPE (GPT-2's scheme): trained here in plain Python, applied in core TensorFlow ops.
+
+`BPETokenizer` splits text into words with RE2 regexes (TensorFlow's own), merges the
+bytes of all the words of a batch at once in a `tf.while_loop` over hash-table lookups,
+and joins ids back into text by table lookups. Every op is in core TensorFlow, so the
+same code runs eagerly, in `tf.data` and in SavedModels that load without
+tensorflow-text; it keeps no state that grows (no cache).
+
+Shapes in comments: B texts in a batch, T tokens of a text, W words of a batch, U distinct
+words, S symbols of the distinct words (their bytes, then merged tokens); None, a ragged
+dimension.
+"""
 
 import collections
 import heapq
 import json
+import re
 from pathlib import Path
 
 import keras
 import keras_hub
 import regex
+import tensorflow as tf
 
 from tflm.tokenizers.base import SpecialTokens
 
@@ -15,6 +28,34 @@ from tflm.tokenizers.base import SpecialTokens
 GPT2_SPLIT = regex.compile(
     r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 )
+
+# The same rules for RE2. RE2's \s is ASCII only, so white space is spelled out (as Python's
+# regex and the reference's engine define it); RE2's tables are Unicode 15.1, so the letters
+# and numbers Unicode 16.0 added, which the reference knows, are listed.
+SPACE = r"\t-\r \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}"
+LETTER = (
+    r"\p{L}\x{1c89}-\x{1c8a}\x{a7cb}-\x{a7cd}\x{a7da}-\x{a7dc}\x{105c0}-\x{105f3}"
+    r"\x{10d4a}-\x{10d65}\x{10d6f}-\x{10d85}\x{10ec2}-\x{10ec4}\x{11380}-\x{11389}\x{1138b}"
+    r"\x{1138e}\x{11390}-\x{113b5}\x{113b7}\x{113d1}\x{113d3}\x{11bc0}-\x{11be0}"
+    r"\x{13460}-\x{143fa}\x{16100}-\x{1611d}\x{16d40}-\x{16d6c}\x{18cff}\x{1e5d0}-\x{1e5ed}"
+    r"\x{1e5f0}\x{2ebf0}-\x{2ee5d}"
+)
+NUMBER = (
+    r"\p{N}\x{10d40}-\x{10d49}\x{116d0}-\x{116e3}\x{11bf0}-\x{11bf9}\x{16130}-\x{16139}"
+    r"\x{16d70}-\x{16d79}\x{1ccf0}-\x{1ccf9}\x{1e5f1}-\x{1e5fa}"
+)
+# GPT-2's pattern without its look-ahead alternative \s+(?!\S): a boundary before the last
+# space of every run of spaces that a non-space follows does its work.
+RE2_WORD = (
+    rf"'s|'t|'re|'ve|'m|'ll|'d| ?[{LETTER}]+| ?[{NUMBER}]+| ?[^{SPACE}{LETTER}{NUMBER}]+|[{SPACE}]+"
+)
+RE2_LAST_SPACE = rf"[{SPACE}][^{SPACE}]"
+# A byte that valid UTF-8 never holds and no RE2 match crosses: it marks word boundaries.
+MARK = b"\xff"
+NO_MERGE = tf.int64.max
+
+VOCABULARY_FILE = "vocabulary.json"  # keras-hub's asset names, inside .keras archives
+MERGES_FILE = "merges.txt"
 
 
 def bytes_to_unicode():
@@ -108,16 +149,23 @@ def train_bpe(corpus, vocabulary_size, special_tokens=()):
 
 
 @keras.saving.register_keras_serializable(package="tflm")
-class BPETokenizer(SpecialTokens, keras_hub.tokenizers.BytePairTokenizer):
-    """Byte-level BPE: GPT-2's vocab.json + merges.txt, or a vocabulary trained here.
+class BPETokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
+    """Byte-level BPE exactly as GPT-2 applies it, in core TensorFlow ops.
 
-    `vocabulary` and `merges` are file paths or in-memory data; special tokens must be
-    in the vocabulary and are never split. The files are saved inside `.keras` archives.
+    `vocabulary` is a vocab.json path or a dict token -> id; `merges` a merges.txt path
+    or a list of "a b" rules, highest priority first (a "#version" first line is skipped).
+    Special tokens must be in the vocabulary; where they appear in text they become their
+    id and no word crosses them. Text is split as GPT-2's regex splits it, each word's
+    UTF-8 bytes become GPT-2's byte symbols, and the lowest-ranked adjacent pair is merged
+    until none is in `merges`, so the ids are those of transformers' GPT2Tokenizer. The
+    vocabulary and merges are saved inside `.keras` archives.
 
     Example:
-    >>> tokenizer = BPETokenizer("gpt2/vocab.json", "gpt2/merges.txt")   # GPT-2's files
-    >>> tokenizer = BPETokenizer.train(text, vocabulary_size=4096)       # or your own
-    >>> tokenizer.detokenize(tokenizer("Hello world"))
+    >>> tokenizer = BPETokenizer.train("the cat sat on the mat. " * 20, vocabulary_size=270)
+    >>> ids = tokenizer.tokenize("the cat")                         # (T,) int32
+    >>> tokenizer.detokenize(ids).numpy()                           # b'the cat'
+    >>> tokenizer.tokenize(["the mat", "a cat"])                    # ragged (B, None) int32
+    >>> gpt2 = BPETokenizer("gpt2/vocab.json", "gpt2/merges.txt")   # GPT-2's own files
     """
 
     def __init__(
@@ -131,11 +179,12 @@ class BPETokenizer(SpecialTokens, keras_hub.tokenizers.BytePairTokenizer):
         unk_token=None,
         **kwargs,
     ):
+        super().__init__(**kwargs)
         self._set_special_tokens(bos_token, eos_token, pad_token, mask_token, unk_token)
-        kwargs.setdefault("unsplittable_tokens", self.special_tokens_list())
-        super().__init__(vocabulary=vocabulary, merges=merges, **kwargs)
-        if self.vocabulary is not None:
-            self._check_special_tokens_in(self.vocabulary, "BPE")
+        self.file_assets = [VOCABULARY_FILE, MERGES_FILE]
+        self.vocabulary = self.merges = None
+        if vocabulary is not None or merges is not None:
+            self.set_vocabulary_and_merges(vocabulary, merges)
 
     @classmethod
     def train(cls, corpus, vocabulary_size, eos_token="<|endoftext|>", **special_tokens):
@@ -146,9 +195,215 @@ class BPETokenizer(SpecialTokens, keras_hub.tokenizers.BytePairTokenizer):
         )
         return cls(vocabulary, merges, eos_token=eos_token, **special_tokens)
 
+    def set_vocabulary_and_merges(self, vocabulary, merges):
+        """Set the vocabulary (a vocab.json path or a dict) and merges (a path or a list)."""
+        if isinstance(vocabulary, (str, Path)):
+            vocabulary = json.loads(Path(vocabulary).read_text(encoding="utf-8"))
+        if isinstance(merges, (str, Path)):
+            merges = Path(merges).read_text(encoding="utf-8").split("\n")
+        if vocabulary is None or merges is None:
+            raise ValueError("A BPETokenizer needs both a vocabulary and merges.")
+        vocabulary = dict(vocabulary)
+        merges = [m.rstrip("\r") for m in merges if m.rstrip("\r")]
+        if merges and merges[0].startswith("#version"):
+            merges = merges[1:]
+        byte_map = bytes_to_unicode()
+        byte_symbols = [byte_map[b] for b in range(256)]
+        missing = [s for s in byte_symbols if s not in vocabulary]
+        if missing:
+            raise ValueError(f"The BPE vocabulary lacks the byte symbol(s) {missing}.")
+        self._check_special_tokens_in(vocabulary, "BPE")
+        id_space = max(vocabulary.values()) + 1
+        rules = {}  # (left id, right id) -> (rank, merged id); a repeated rule keeps its last rank
+        for rank, merge in enumerate(merges):
+            parts = merge.split(" ")
+            if len(parts) != 2 or not all(p in vocabulary for p in [*parts, "".join(parts)]):
+                raise ValueError(
+                    f"Merge rule {merge!r} is not two vocabulary tokens whose join is one too."
+                )
+            rules[vocabulary[parts[0]], vocabulary[parts[1]]] = rank, vocabulary["".join(parts)]
+
+        self.vocabulary, self.merges = vocabulary, merges
+        self._id_space = id_space
+        self._byte_ids = [vocabulary[s] for s in byte_symbols]  # byte -> id of its symbol
+        specials = self.special_tokens_list()
+        byte_of = {symbol: byte for byte, symbol in byte_map.items()}
+        # Built eagerly: a table first made inside a tf.data map could not be reused.
+        with tf.init_scope():
+            self._merge_table = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(
+                    tf.constant([a * id_space + b for a, b in rules], tf.int64),
+                    tf.constant([rank << 32 | merged for rank, merged in rules.values()], tf.int64),
+                ),
+                default_value=NO_MERGE,
+            )
+            self._special_table = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(
+                    tf.constant(specials, tf.string),
+                    tf.constant([vocabulary[t] for t in specials], tf.int32),
+                ),
+                default_value=-1,
+            )
+            self._bytes_table = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(
+                    tf.constant(list(vocabulary.values()), tf.int64),
+                    tf.constant([self._token_bytes(t, byte_of) for t in vocabulary], tf.string),
+                ),
+                default_value=b"",
+            )
+        self._token_of_id = {i: t for t, i in vocabulary.items()}
+
+    def _token_bytes(self, token, byte_of):
+        """The bytes `token` stands for (special tokens print as themselves)."""
+        if token in self.special_tokens_list():
+            return token.encode("utf-8")
+        return b"".join(bytes([byte_of[c]]) if c in byte_of else c.encode("utf-8") for c in token)
+
+    def save_assets(self, dir_path):
+        self._write(Path(dir_path), VOCABULARY_FILE, MERGES_FILE)
+
+    def load_assets(self, dir_path):
+        self.set_vocabulary_and_merges(
+            Path(dir_path) / VOCABULARY_FILE, Path(dir_path) / MERGES_FILE
+        )
+
     def save_vocabulary(self, directory):
         """Write vocab.json and merges.txt (GPT-2's layout) into `directory`."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "vocab.json").write_text(json.dumps(self.vocabulary), encoding="utf-8")
-        (directory / "merges.txt").write_text("\n".join(self.merges) + "\n", encoding="utf-8")
+        self._write(directory, "vocab.json", "merges.txt")
+
+    def _write(self, directory, vocabulary_file, merges_file):
+        self._check_vocabulary()
+        vocabulary = json.dumps(dict(self.vocabulary))
+        (directory / vocabulary_file).write_text(vocabulary, encoding="utf-8")
+        merges = "".join(f"{m}\n" for m in ["#version: 0.2", *self.merges])
+        (directory / merges_file).write_text(merges, encoding="utf-8")
+
+    def _check_vocabulary(self):
+        if self.vocabulary is None:
+            raise ValueError("This BPETokenizer has no vocabulary and merges yet.")
+
+    def get_vocabulary(self):
+        """Every token, in the order of their ids."""
+        self._check_vocabulary()
+        return [self._token_of_id[i] for i in sorted(self._token_of_id)]
+
+    def vocabulary_size(self):
+        self._check_vocabulary()
+        return len(self.vocabulary)
+
+    def id_to_token(self, id):
+        self._check_vocabulary()
+        if id not in self._token_of_id:
+            raise ValueError(f"Token id {id} is not in the vocabulary.")
+        return self._token_of_id[id]
+
+    def token_to_id(self, token):
+        self._check_vocabulary()
+        if token not in self.vocabulary:
+            raise ValueError(f"Token {token!r} is not in the vocabulary.")
+        return self.vocabulary[token]
+
+    def tokenize(self, inputs):
+        """A string -> (T,) int32 ids; (B,) strings -> ragged (B, None) int32 ids."""
+        self._check_vocabulary()
+        texts = tf.convert_to_tensor(inputs, tf.string)
+        if texts.shape.rank == 0:
+            return self._tokenize(texts[None])[0]
+        if texts.shape.rank != 1:
+            raise ValueError(f"BPETokenizer takes a string or a batch (B,), not {texts.shape}.")
+        return self._tokenize(texts)
+
+    def _tokenize(self, texts):
+        words = self._split(texts)                                   # (B, None) strings
+        distinct, index = tf.unique(words.flat_values)               # (U,), (W,)
+        ids = tf.gather(self._encode(distinct), index)               # (W, None)
+        splits = tf.gather(ids.row_splits, words.row_splits)         # words -> texts
+        return tf.RaggedTensor.from_row_splits(ids.flat_values, splits, validate=False)
+
+    def _split(self, texts):
+        """Texts (B,) -> their words (B, None): special tokens, and GPT-2's regex's matches."""
+        # Longest first: where special tokens overlap, the reference takes the longest.
+        specials = sorted(self.special_tokens_list(), key=len, reverse=True)
+        specials = "|".join(re.escape(t) for t in specials)
+        texts = tf.strings.unicode_transcode(texts, "UTF-8", "UTF-8", errors="replace")  # no MARK
+        # A MARK before each special token (a run of spaces before one stays whole) and
+        # before the last space of a run that a non-space follows; then before each word.
+        if specials:
+            boundaries = rf"([{SPACE}]*)({specials})|({RE2_LAST_SPACE})"
+            texts = tf.strings.regex_replace(texts, boundaries, b"\\1" + MARK + b"\\2\\3")
+            words = f"{specials}|{RE2_WORD}"
+        else:
+            texts = tf.strings.regex_replace(texts, RE2_LAST_SPACE, MARK + b"\\0")
+            words = RE2_WORD
+        texts = tf.strings.regex_replace(texts, words, MARK + b"\\0")
+        words = tf.strings.split(texts, sep=MARK)
+        return tf.ragged.boolean_mask(words, tf.strings.length(words) > 0)
+
+    def _encode(self, words):
+        """Distinct words (U,) -> their ids (U, None): a special token's id, or BPE's tokens."""
+        special = self._special_table.lookup(words)                  # (U,) -1: not special
+        is_special = special >= 0
+        data = tf.strings.unicode_decode(tf.where(is_special, " ", words), "ISO-8859-1")
+        rows = tf.cast(data.value_rowids(), tf.int32)                # (S,) word of each byte
+        ids = tf.gather(tf.constant(self._byte_ids, tf.int32), data.flat_values)  # (S,)
+        ids = tf.where(tf.gather(is_special, rows), tf.gather(special, rows), ids)
+        ids, rows = self._merge(ids, rows)
+        rows = tf.cast(rows, tf.int64)  # int64 row splits, as the other tokenizers give
+        count = tf.size(words, tf.int64)
+        return tf.RaggedTensor.from_value_rowids(ids, rows, nrows=count, validate=False)
+
+    def _merge(self, ids, rows):
+        """Apply the merges to the symbols (S,) of all words at once, as GPT-2 does to each:
+        while a word has a pair in `merges`, merge every occurrence of its lowest-ranked
+        pair, left to right."""
+
+        def step(ids, rows, _):
+            pairs = tf.cast(ids[:-1], tf.int64) * self._id_space + tf.cast(ids[1:], tf.int64)
+            found = self._merge_table.lookup(pairs)  # (S - 1,) rank << 32 | merged id
+            found = tf.where(rows[:-1] == rows[1:], found, NO_MERGE)  # no pair across words
+            best = tf.gather(tf.math.segment_min(found, rows[:-1]), rows[:-1])
+            chosen = _left_to_right((found == best) & (found != NO_MERGE))
+            merged = tf.cast(tf.bitwise.bitwise_and(found, 0xFFFFFFFF), tf.int32)
+            ids = tf.concat([tf.where(chosen, merged, ids[:-1]), ids[-1:]], 0)
+            keep = tf.concat([tf.ones_like(ids[:1], tf.bool), ~chosen], 0)  # drop right halves
+            return tf.boolean_mask(ids, keep), tf.boolean_mask(rows, keep), tf.reduce_any(chosen)
+
+        ids, rows, _ = tf.while_loop(
+            lambda ids, rows, merged: merged, step, (ids, rows, tf.constant(True))
+        )
+        return ids, rows
+
+    def detokenize(self, inputs):
+        """Ids (T,) -> a string; (B, T) dense or ragged -> (B,) strings (byte strings, as
+        the tokens may end inside a character). Special tokens print as themselves."""
+        self._check_vocabulary()
+        if isinstance(inputs, (tf.Tensor, tf.RaggedTensor)):
+            ids = inputs
+        else:  # numpy arrays and (possibly ragged) Python lists
+            ids = tf.ragged.constant(inputs) if isinstance(inputs, list) else tf.constant(inputs)
+        ids = tf.cast(ids, tf.int64)
+        flat = ids.flat_values if isinstance(ids, tf.RaggedTensor) else ids
+        tf.debugging.assert_non_negative(flat, message="a negative token id")
+        tf.debugging.assert_less(
+            flat, tf.constant(self._id_space, tf.int64),
+            message=f"token id at or above the vocabulary size {self._id_space}",
+        )
+        pieces = tf.ragged.map_flat_values(self._bytes_table.lookup, ids)
+        return tf.strings.reduce_join(pieces, axis=-1)
+
+
+def _left_to_right(chosen):
+    """Of overlapping occurrences of a pair (runs of chosen pairs, as in "a a a"), keep the
+    first, third, ... of each run: GPT-2 merges occurrences left to right."""
+
+    def alternate():
+        position = tf.range(tf.size(chosen))
+        run = tf.cumsum(tf.cast(~chosen, tf.int32))  # a run is numbered as the pair before it
+        start = tf.gather(tf.math.segment_min(position, run), run)
+        offset = position - start - tf.cast(run > 0, tf.int32)  # place within the run
+        return chosen & (offset % 2 == 0)
+
+    overlapping = tf.reduce_any(chosen[1:] & chosen[:-1])
+    return tf.cond(overlapping, alternate, lambda: chosen)
