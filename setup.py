@@ -24,6 +24,8 @@ setup(
         "tensorflow-text~=2.21.0",
         "tensorboard",
         "pyyaml",
+        # TF Serving's protos: exports write, and tflm serve replays, its warm-up requests.
+        "tensorflow-serving-api~=2.21.0",
     ],
     extras_require={
         # Reading Hugging Face checkpoints (tflm.convert).
