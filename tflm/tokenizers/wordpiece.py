@@ -196,18 +196,18 @@ class WordPieceTokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
         return self._tokenize_batch(texts)
 
     def _tokenize_batch(self, texts):
-        decoded = tf.strings.unicode_decode(texts, "UTF-8", errors="replace")  # (B, None)
+        # A space after each text, so that no word spans two texts.
+        decoded = tf.strings.unicode_decode(tf.strings.join([texts, " "]), "UTF-8", errors="replace")
         text_splits = tf.cast(decoded.row_splits, tf.int32)
-        joined, word_source = self._normalized_words(decoded.flat_values, text_splits)
-        ids, word = self._word_pieces(joined)  # (T,) pieces of all texts, and their words
+        joined, word_source = self._normalized_words(decoded.flat_values)
+        ids, pieces = self._word_pieces(joined)  # (T,) all texts' pieces, (W,) pieces a word
         # Each word belongs to the text its first code point came from.
         word_text = tf.searchsorted(text_splits, word_source, side="right") - 1  # (W,)
-        batch = tf.size(texts)
-        counts = tf.math.bincount(tf.gather(word_text, word), minlength=batch, maxlength=batch)
+        counts = tf.math.unsorted_segment_sum(pieces, word_text, tf.size(texts))  # (B,)
         splits = tf.cast(tf.concat([[0], tf.cumsum(counts)], 0), tf.int64)  # as tensorflow-text's
         return tf.RaggedTensor.from_row_splits(ids, splits, validate=False)  # (B, None)
 
-    def _normalized_words(self, codes, text_splits):
+    def _normalized_words(self, codes):
         """Code points (N,) of all texts -> all words in one sequence (Q,) of code points,
         WORD_START before each word and at the end, and the index (W,) in `codes` of each
         word's first code point."""
@@ -217,11 +217,8 @@ class WordPieceTokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
         flags = _flags(codes, lowercase, strip_accents)  # (N,)
         packed = tf.where(flags & bert_text.WHITESPACE != 0, SPACE, codes | flags * FLAG_UNIT)
         packed = tf.where(flags & (bert_text.REMOVED | bert_text.CHANGED) != 0, -1, packed)
-        # A space before each text, so that no word spans two texts.
-        size = tf.size(codes)
-        text_start = tf.math.bincount(text_splits[:-1], minlength=size, maxlength=size) > 0
-        none = tf.fill([size], -1)
-        slots = tf.stack([tf.where(text_start, SPACE, none), packed, none, none], 1)  # (N, 4)
+        none = tf.fill(tf.shape(codes), -1)
+        slots = tf.stack([packed, none, none], 1)  # (N, 3)
 
         # Lowercasing and accents change a few code points into 1-3 characters.
         changed = tf.where(flags & bert_text.CHANGED != 0)  # (C, 1)
@@ -237,8 +234,7 @@ class WordPieceTokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
                 jamo = tf.where(jamo == 0x11A7, -1, jamo)
                 hangul = (syllable >= 0) & (code <= bert_text.HANGUL_LAST)
                 into = tf.where(hangul[:, None], jamo, into)
-            update = tf.concat([tf.gather_nd(slots[:, :1], changed), into], 1)
-            slots = tf.tensor_scatter_nd_update(slots, changed, update)
+            slots = tf.tensor_scatter_nd_update(slots, changed, into)
         where = tf.where(slots >= 0)
         packed = tf.gather_nd(slots, where)  # (M,)
         characters = packed % FLAG_UNIT
@@ -258,63 +254,63 @@ class WordPieceTokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
 
     def _word_pieces(self, joined):
         """Words after WORD_START (Q,) -> their greedy longest-match-first pieces: the ids
-        (T,) of all words one after another, and the word (T,) of each."""
+        (T,) of all words one after another, and the number of pieces (W,) of each word."""
         total = tf.size(joined)
-        position = tf.range(total)  # (Q,)
-        separator = joined == WORD_START_CODE
-        word = tf.cumsum(tf.cast(separator, tf.int32)) - 1  # (Q,) the word a character is in
-        separators = tf.cast(tf.where(separator)[:, 0], tf.int32)  # (W + 1,)
-        begin = tf.gather(separators, word) + 1  # (Q,) its word's first character
-        end = tf.gather(tf.concat([separators, [total]], 0), word + 1)
-        offset = position - begin  # (Q,) within its word
-        fits = ~separator & (end - begin <= self.max_input_chars_per_word)
+        separators = tf.cast(tf.where(joined == WORD_START_CODE)[:, 0], tf.int32)  # (W + 1,)
+        begin, end = separators[:-1] + 1, separators[1:]  # (W,) each word's characters
         encoded = tf.strings.unicode_encode(joined, "UTF-8")
         size = 1 + tf.add_n([tf.cast(joined >= limit, tf.int32) for limit in (0x80, 0x800, 0x10000)])
         byte = tf.concat([[0], tf.cumsum(size)], 0)  # (Q + 1,) where each character starts
 
-        # First pieces of all words; a first piece starts at WORD_START, as its key does.
-        count = tf.where(fits & (offset == 0), tf.minimum(self._max_first, end - position), 0)
-        first, first_id = self._longest_pieces(encoded, byte, count, position - 1)
-        # The other pieces, only in words that the first leaves unfinished, and only after it.
-        first = tf.gather(first, tf.minimum(begin, total - 1))  # (Q,) its word's first piece
-        rest = fits & (offset >= first) & (0 < first) & (first < end - begin)
-        count = tf.where(rest, tf.minimum(self._max_rest, end - position), 0)
-        best, best_id = self._longest_pieces(encoded, byte, count, position)
-        best = tf.where(offset == 0, first, best)  # (Q,) 0 where no piece starts
-        best_id = tf.where(offset == 0, first_id, best_id)
-        after = position + best  # (Q,) stays put when stuck, and at every WORD_START
+        # First pieces, keyed from WORD_START on; a word too long has none.
+        fits = end - begin <= self.max_input_chars_per_word
+        count = tf.where(fits, end - begin, 0)
+        first, first_id = self._longest_pieces(encoded, byte, begin - 1, begin, count, self._max_first)
+        # The other pieces: from every character after the first piece of an unfinished word.
+        unfinished = (first > 0) & (begin + first < end)  # (W,)
+        rows = tf.ragged.range(begin + first, tf.where(unfinished, end, begin + first), row_splits_dtype=tf.int32)
+        at = rows.flat_values  # (R,)
+        row_word = tf.searchsorted(rows.row_splits, tf.range(tf.size(at)), side="right") - 1
+        count = tf.gather(end, row_word) - at
+        rest, rest_id = self._longest_pieces(encoded, byte, at, at, count, self._max_rest)
 
-        # Walk all words' greedy paths at once, one piece a step, until none moves.
+        # Where the greedy path goes from each character: on by its longest piece, or stuck.
+        starts = tf.concat([begin, at], 0)[:, None]  # (W + R, 1)
+        on = tf.range(total) + tf.scatter_nd(starts, tf.concat([first, rest], 0), [total])  # (Q,)
         def step(i, current, moving, path):
-            following = tf.gather(after, current)
+            following = tf.gather(on, current)
             moved = following != current
             return i + 1, following, tf.reduce_any(moved), path.write(i, tf.where(moved, current, total))
 
         path = tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=[None])
         _, current, _, path = tf.while_loop(
-            lambda i, current, moving, path: moving, step, (0, separators[:-1] + 1, True, path)
+            lambda i, current, moving, path: moving, step, (0, begin, True, path)
         )
-        piece_start = tf.math.bincount(path.stack(), minlength=total, maxlength=total) > 0  # (Q,)
-        # A word whose path stopped before its end is one unk_token.
-        failed = tf.gather(tf.concat([tf.gather(joined, current) != WORD_START_CODE, [False]], 0), word)
-        piece_start = tf.where(failed, offset == 0, piece_start)
-        best_id = tf.where(failed, self.unk_token_id, best_id)
-        at = tf.where(piece_start)[:, 0]  # (T,) in text order
-        return tf.gather(best_id, at), tf.gather(word, at)
+        # A word whose path stopped before its end is one unk_token, at its first character.
+        failed = tf.gather(joined, current) != WORD_START_CODE  # (W,)
+        path = tf.where(failed, total, path.stack())  # (S, W) characters that start a piece
+        path = tf.concat([path, tf.where(failed, begin, total)[None]], 0)
+        piece_start = tf.math.bincount(path, minlength=total, maxlength=total) > 0  # (Q,)
+        first_id = tf.where(failed, self.unk_token_id, first_id)
+        piece_id = tf.scatter_nd(starts, tf.concat([first_id, rest_id], 0), [total])  # (Q,)
+        ids = tf.gather(piece_id, tf.where(piece_start)[:, 0])  # (T,) in text order
+        return ids, tf.reduce_sum(tf.cast(path < total, tf.int32), 0)
 
-    def _longest_pieces(self, encoded, byte, count, anchor):
-        """The longest vocabulary piece from each character (Q,) among its first `count`
-        lengths (Q,), and its id; a candidate's key is the text from `anchor` (Q,) on.
-        `byte` (Q + 1,): where each character starts in the UTF-8 `encoded`."""
-        candidates = tf.ragged.range(count, row_splits_dtype=tf.int32)
-        length = candidates.flat_values + 1  # (K,)
-        num_candidates = tf.size(length)
-        at = tf.searchsorted(candidates.row_splits, tf.range(num_candidates), side="right") - 1
-        start = tf.gather(byte, tf.gather(anchor, at))
-        ids = self._pieces.lookup(tf.strings.substr(encoded, start, tf.gather(byte, at + length) - start))
-        best = tf.math.unsorted_segment_max(tf.where(ids >= 0, length, 0), at, tf.size(count))
-        best = tf.maximum(best, 0)  # (Q,) 0: none
-        chosen = tf.where(best > 0, candidates.row_splits[:-1] + best - 1, num_candidates)
+    def _longest_pieces(self, encoded, byte, anchor, start, count, longest):
+        """The longest vocabulary piece from each `start` (R,) among its first `count` (R,)
+        characters, at most `longest`, and its id (0 and -1: none). A candidate's key is
+        the text from `anchor` (R,) on; `byte` (Q + 1,): where each character starts in the
+        UTF-8 `encoded`."""
+        count = tf.minimum(count, longest)
+        candidates = tf.where(tf.range(longest) < count[:, None])  # (K, 2): row, length - 1
+        row = tf.cast(candidates[:, 0], tf.int32)
+        length = tf.cast(candidates[:, 1], tf.int32) + 1
+        begin = tf.gather(byte, tf.gather(anchor, row))
+        piece = tf.strings.substr(encoded, begin, tf.gather(byte, tf.gather(start, row) + length) - begin)
+        ids = self._pieces.lookup(piece)  # (K,) -1 where not a piece
+        best = tf.math.unsorted_segment_max(tf.where(ids >= 0, length, 0), row, tf.size(count))
+        best = tf.maximum(best, 0)  # (R,)
+        chosen = tf.where(best > 0, tf.cumsum(count, exclusive=True) + best - 1, tf.size(ids))
         return best, tf.gather(tf.concat([ids, [-1]], 0), chosen)
 
     # -- ids -> text ----------------------------------------------------------------------
