@@ -2,8 +2,9 @@
 
 Shapes in comments: B texts in a batch; N code points of a batch, C of them changed by
 lowercasing or accent stripping, M characters after that; W words, Q characters of all
-words with a WORD_START before each (and one at the end); K candidate pieces; T tokens;
-None, a ragged dimension.
+words with a WORD_START before each (and one at the end); R characters where a word's
+later pieces may start; K candidate pieces; S greedy steps; T tokens; None, a ragged
+dimension.
 """
 
 import keras
@@ -25,8 +26,8 @@ FLAG_UNIT = 1 << 21
 SPACE = 32 | bert_text.WHITESPACE * FLAG_UNIT
 
 
-def read_vocabulary(path):
-    """One token a line, as in BERT's vocab.txt (lines end at "\\n"; a trailing "\\r" is dropped)."""
+def _read_vocabulary(path):
+    """One token a line, as in BERT's vocab.txt (lines end at "\\n", a trailing "\\r" dropped)."""
     with open(path, encoding="utf-8", newline="") as file:
         lines = file.read().split("\n")
     if lines[-1] == "":
@@ -117,7 +118,7 @@ class WordPieceTokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
             self._pieces = None
             return
         if isinstance(vocabulary, str):
-            vocabulary = read_vocabulary(vocabulary)
+            vocabulary = _read_vocabulary(vocabulary)
         self.vocabulary = [str(token) for token in vocabulary]
         self._check_special_tokens_in(self.vocabulary, "WordPiece")
         self._token_ids = {token: i for i, token in enumerate(self.vocabulary)}  # last one wins
@@ -174,7 +175,8 @@ class WordPieceTokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
     def id_to_token(self, id):
         self._check_vocabulary()
         if not 0 <= id < len(self.vocabulary):
-            raise ValueError(f"Token id {id} is outside the vocabulary (0..{len(self.vocabulary) - 1}).")
+            last = len(self.vocabulary) - 1
+            raise ValueError(f"Token id {id} is outside the vocabulary (0..{last}).")
         return self.vocabulary[id]
 
     def token_to_id(self, token):
@@ -192,19 +194,19 @@ class WordPieceTokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
         if texts.shape.rank == 0:
             return self._tokenize_batch(texts[None])[0]
         if texts.shape.rank != 1:
-            raise ValueError(f"Expected a string or a batch (B,) of strings; got shape {texts.shape}.")
+            raise ValueError(f"Expected a string or a batch (B,) of strings, not {texts.shape}.")
         return self._tokenize_batch(texts)
 
     def _tokenize_batch(self, texts):
-        # A space after each text, so that no word spans two texts.
-        decoded = tf.strings.unicode_decode(tf.strings.join([texts, " "]), "UTF-8", errors="replace")
+        spaced = tf.strings.join([texts, " "])  # a space after each: no word spans two texts
+        decoded = tf.strings.unicode_decode(spaced, "UTF-8", errors="replace")  # (B, None)
         text_splits = tf.cast(decoded.row_splits, tf.int32)
         joined, word_source = self._normalized_words(decoded.flat_values)
         ids, pieces = self._word_pieces(joined)  # (T,) all texts' pieces, (W,) pieces a word
         # Each word belongs to the text its first code point came from.
         word_text = tf.searchsorted(text_splits, word_source, side="right") - 1  # (W,)
         counts = tf.math.unsorted_segment_sum(pieces, word_text, tf.size(texts))  # (B,)
-        splits = tf.cast(tf.concat([[0], tf.cumsum(counts)], 0), tf.int64)  # as tensorflow-text's
+        splits = tf.cast(tf.concat([[0], tf.cumsum(counts)], 0), tf.int64)  # as tf-text's
         return tf.RaggedTensor.from_row_splits(ids, splits, validate=False)  # (B, None)
 
     def _normalized_words(self, codes):
@@ -218,20 +220,19 @@ class WordPieceTokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
         packed = tf.where(flags & bert_text.WHITESPACE != 0, SPACE, codes | flags * FLAG_UNIT)
         packed = tf.where(flags & (bert_text.REMOVED | bert_text.CHANGED) != 0, -1, packed)
         none = tf.fill(tf.shape(codes), -1)
-        slots = tf.stack([packed, none, none], 1)  # (N, 3)
+        slots = tf.stack([packed] + [none] * (bert_text.MAX_MAPPED - 1), 1)  # (N, 3)
 
         # Lowercasing and accents change a few code points into 1-3 characters.
-        changed = tf.where(flags & bert_text.CHANGED != 0)  # (C, 1)
         if lowercase or strip_accents:
+            changed = tf.where(flags & bert_text.CHANGED != 0)  # (C, 1)
             code = tf.gather_nd(codes, changed)  # (C,)
             keys, values = _mapping(lowercase, strip_accents)
             into = tf.gather(values, tf.searchsorted(keys, code))  # (C, 3) packed
             if strip_accents:  # Hangul syllables: Unicode's arithmetic decomposition into jamo
                 syllable = code - bert_text.HANGUL_FIRST  # (jamo have no flags)
-                jamo = tf.stack(
-                    [0x1100 + syllable // 588, 0x1161 + syllable % 588 // 28, 0x11A7 + syllable % 28], 1
-                )
-                jamo = tf.where(jamo == 0x11A7, -1, jamo)
+                leading, vowel, trailing = syllable // 588, syllable % 588 // 28, syllable % 28
+                jamo = tf.stack([0x1100 + leading, 0x1161 + vowel, 0x11A7 + trailing], 1)
+                jamo = tf.where(jamo == 0x11A7, -1, jamo)  # no trailing consonant
                 hangul = (syllable >= 0) & (code <= bert_text.HANGUL_LAST)
                 into = tf.where(hangul[:, None], jamo, into)
             slots = tf.tensor_scatter_nd_update(slots, changed, into)
@@ -243,7 +244,8 @@ class WordPieceTokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
         # Words: split at whitespace; punctuation (and CJK ideographs) stand alone. Mapping
         # keeps a code point's CJK flag, so the flags after it serve for both.
         gap = flags & bert_text.WHITESPACE != 0
-        alone = flags & (bert_text.PUNCTUATION | (bert_text.CJK if self.split_on_cjk else 0)) != 0
+        alone_flags = bert_text.PUNCTUATION | (bert_text.CJK if self.split_on_cjk else 0)
+        alone = flags & alone_flags != 0
         after_break = tf.concat([[True], gap | alone], 0)[:-1]
         starts = (after_break | alone) & ~gap
         # WORD_START before each word's first character, whitespace dropped.
@@ -259,16 +261,21 @@ class WordPieceTokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
         separators = tf.cast(tf.where(joined == WORD_START_CODE)[:, 0], tf.int32)  # (W + 1,)
         begin, end = separators[:-1] + 1, separators[1:]  # (W,) each word's characters
         encoded = tf.strings.unicode_encode(joined, "UTF-8")
-        size = 1 + tf.add_n([tf.cast(joined >= limit, tf.int32) for limit in (0x80, 0x800, 0x10000)])
+        size = 1 + tf.add_n([tf.cast(joined >= x, tf.int32) for x in (0x80, 0x800, 0x10000)])
         byte = tf.concat([[0], tf.cumsum(size)], 0)  # (Q + 1,) where each character starts
 
         # First pieces, keyed from WORD_START on; a word too long has none.
         fits = end - begin <= self.max_input_chars_per_word
         count = tf.where(fits, end - begin, 0)
-        first, first_id = self._longest_pieces(encoded, byte, begin - 1, begin, count, self._max_first)
+        first, first_id = self._longest_pieces(
+            encoded, byte, begin - 1, begin, count, self._max_first
+        )  # (W,)
         # The other pieces: from every character after the first piece of an unfinished word.
-        unfinished = (first > 0) & (begin + first < end)  # (W,)
-        rows = tf.ragged.range(begin + first, tf.where(unfinished, end, begin + first), row_splits_dtype=tf.int32)
+        after_first = begin + first
+        unfinished = (first > 0) & (after_first < end)
+        rows = tf.ragged.range(
+            after_first, tf.where(unfinished, end, after_first), row_splits_dtype=tf.int32
+        )
         at = rows.flat_values  # (R,)
         row_word = tf.searchsorted(rows.row_splits, tf.range(tf.size(at)), side="right") - 1
         count = tf.gather(end, row_word) - at
@@ -277,10 +284,13 @@ class WordPieceTokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
         # Where the greedy path goes from each character: on by its longest piece, or stuck.
         starts = tf.concat([begin, at], 0)[:, None]  # (W + R, 1)
         on = tf.range(total) + tf.scatter_nd(starts, tf.concat([first, rest], 0), [total])  # (Q,)
+
+        # Walk all words' greedy paths at once, one piece a step, until none moves.
         def step(i, current, moving, path):
             following = tf.gather(on, current)
             moved = following != current
-            return i + 1, following, tf.reduce_any(moved), path.write(i, tf.where(moved, current, total))
+            path = path.write(i, tf.where(moved, current, total))
+            return i + 1, following, tf.reduce_any(moved), path
 
         path = tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=[None])
         _, current, _, path = tf.while_loop(
@@ -306,7 +316,8 @@ class WordPieceTokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
         row = tf.cast(candidates[:, 0], tf.int32)
         length = tf.cast(candidates[:, 1], tf.int32) + 1
         begin = tf.gather(byte, tf.gather(anchor, row))
-        piece = tf.strings.substr(encoded, begin, tf.gather(byte, tf.gather(start, row) + length) - begin)
+        end = tf.gather(byte, tf.gather(start, row) + length)
+        piece = tf.strings.substr(encoded, begin, end - begin)
         ids = self._pieces.lookup(piece)  # (K,) -1 where not a piece
         best = tf.math.unsorted_segment_max(tf.where(ids >= 0, length, 0), row, tf.size(count))
         best = tf.maximum(best, 0)  # (R,)
@@ -386,7 +397,7 @@ class WordPieceTokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
     @classmethod
     def from_config(cls, config):
         if isinstance(config.get("vocabulary"), str):  # a config must not read files
-            raise ValueError("A WordPieceTokenizer config holds no vocabulary path; it is an asset.")
+            raise ValueError("A WordPieceTokenizer config holds no vocabulary path (an asset).")
         return super().from_config(config)
 
 
