@@ -171,9 +171,11 @@ def classify_export(classifier, tokenizer, path):
     """A `classify` SavedModel whose tokenization is `tokenizer`'s."""
     from tflm.data.classification import encode_texts
 
+    layer = getattr(tokenizer, "tokenizer", tokenizer)
+    layer.build(None)  # a tokenizer has no weights; Keras exports only built layers
     archive = keras.export.ExportArchive()
     archive.track(classifier)
-    archive.track(getattr(tokenizer, "tokenizer", tokenizer))
+    archive.track(layer)
 
     def classify(texts):
         logits = classifier(encode_texts(texts, tokenizer, 128))
@@ -215,6 +217,7 @@ def tokenizers_part(args):
                   flush=True)
     keras.utils.set_random_seed(0)
     classifier = Classifier(encoder, 2, tokenizer=wordpiece)
+    classifier.build({"token_ids": (None, 16), "padding_mask": (None, 16)})
     with tempfile.TemporaryDirectory() as tmp:
         core = classify_export(classifier, wordpiece, Path(tmp) / "core")
         reference = classify_export(classifier, TfTextTokenizer(hub_wordpiece, wordpiece), Path(tmp) / "tf-text")
