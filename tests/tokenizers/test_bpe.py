@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tflm.data.corpora import tiny_shakespeare
-from tests.helpers import tiny_gpt
+from tests.helpers import run_in_core_tensorflow, tiny_gpt
 from tflm.tokenizers import BPETokenizer, train_bpe
 from tflm.tokenizers.bpe import GPT2_SPLIT, bytes_to_unicode
 
@@ -139,6 +139,28 @@ def test_ids_are_those_of_transformers_gpt2_tokenizer(multilingual):
         assert tokenizer.tokenize(text).numpy().tolist() == expected
     long = tokenizer.tokenize(CASES[-1])
     assert len(long) > 1024 and tokenizer.detokenize(long).numpy().decode() == CASES[-1]
+
+
+def test_an_exported_tokenizer_gives_the_reference_ids_in_core_tensorflow(multilingual, tmp_path):
+    tokenizer, reference = multilingual
+    tokenizer.build(None)  # no weights; Keras exports only built layers
+    archive = keras.export.ExportArchive()
+    archive.track(tokenizer)
+
+    def tokenize(texts):
+        ids = tokenizer.tokenize(texts)
+        return {"ids": ids.flat_values, "splits": ids.row_splits}
+
+    archive.add_endpoint("tokenize", tokenize, [tf.TensorSpec([None], tf.string)])
+    archive.write_out(str(tmp_path / "1"), verbose=False)
+    texts = CASES + random_texts(seed=2, count=200)
+    rows = run_in_core_tensorflow(f"""
+        import json
+        import tensorflow as tf
+        out = tf.saved_model.load({str(tmp_path / "1")!r}).signatures["tokenize"](texts=tf.constant({texts!r}))
+        print(json.dumps(tf.RaggedTensor.from_row_splits(out["ids"], out["splits"]).to_list()))
+    """)
+    assert rows == [reference.encode(text, add_special_tokens=False) for text in texts]
 
 
 def test_special_tokens_in_text_are_their_ids_and_boundaries(multilingual):

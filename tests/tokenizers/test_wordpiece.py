@@ -235,7 +235,7 @@ def test_a_saved_model_answers_without_tensorflow_text(minilm_vocabulary, tmp_pa
         [tf.TensorSpec([None, None], tf.int32)],
     )
     archive.write_out(str(tmp_path / "1"), verbose=False)
-    texts = CORPUS[:20]
+    texts = CORPUS
     outputs = run_in_core_tensorflow(f"""
         import json
         import tensorflow as tf
