@@ -71,7 +71,7 @@ class Predictor:
     """
 
     def __init__(self, versions, batching=None, max_batch_size=64):
-        from tflm.export.batching import Batcher, BatchingParameters
+        from tflm.export.batching import Batcher, BatchingParameters  # it imports RequestError
 
         self.versions = versions
         self.max_batch_size = max_batch_size
