@@ -45,6 +45,17 @@ def test_noise_is_a_pure_function_of_seed_step_and_position():
     assert not np.allclose(a[0], a[1])
 
 
+def test_with_a_seed_a_row_the_noise_of_a_row_does_not_depend_on_its_place():
+    rows = ops.convert_to_numpy(gumbel_noise(np.array([7, 3, 7], "int32"), 2, (3, 5)))
+    alone = ops.convert_to_numpy(gumbel_noise(np.array([7], "int32"), 2, (1, 5)))
+    # the same seed, the same draws (to the last bits: vectorized logarithms may round apart)
+    np.testing.assert_allclose(rows[0], rows[2], rtol=1e-6)
+    np.testing.assert_allclose(rows[0], alone[0], rtol=1e-6)
+    assert not np.allclose(rows[0], rows[1])
+    # and a batch of one with a seed for the batch draws the same as with a seed a row
+    np.testing.assert_allclose(ops.convert_to_numpy(gumbel_noise(7, 2, (1, 5)))[0], alone[0], rtol=1e-6)
+
+
 def test_greedy_is_argmax():
     logits = np.random.default_rng(0).normal(size=(6, 9)).astype("float32")
     np.testing.assert_array_equal(ops.convert_to_numpy(Greedy()(logits)), logits.argmax(-1))

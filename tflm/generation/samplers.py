@@ -25,10 +25,15 @@ def _mix(x):
 
 
 def gumbel_noise(seed, step, shape):
-    """Gumbel(0, 1) noise of `shape` (B, V), a pure function of (seed, step, row, column)."""
+    """Gumbel(0, 1) noise of `shape` (B, V), a pure function of (seed, step, row, column).
+
+    `seed` is one number for the batch, whose rows then draw apart, or (B,) numbers, one a
+    row (exported `generate`): then a row's noise depends on its own seed alone, not on its
+    place in the batch, and equals that of a batch of one with that seed."""
     rows, columns = shape
     key = _mix(_mix(ops.cast(seed, "uint32")) + ops.cast(step, "uint32"))
-    row_keys = _mix(key + _mix(ops.cast(ops.arange(rows), "uint32")))  # (B,)
+    row = ops.arange(rows) if len(ops.shape(seed)) == 0 else ops.zeros((rows,), "int32")
+    row_keys = _mix(key + _mix(ops.cast(row, "uint32")))  # (B,)
     columns_keys = ops.multiply(ops.cast(ops.arange(columns), "uint32"), ops.cast(0x9E3779B9, "uint32"))
     bits = _mix(row_keys[:, None] + columns_keys[None, :])
     uniform = (ops.cast(ops.right_shift(bits, 8), "float32") + 0.5) / 16777216.0  # (0, 1)
