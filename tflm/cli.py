@@ -4,7 +4,7 @@
     tflm eval --model runs/shakespeare-char/model.keras FILE
     tflm generate --model model.keras "ROMEO:" --max-new-tokens 200 --top-p 0.9 --seed 1
     tflm export --model runs/shakespeare-char/model.keras --name shakespeare [--version 2]
-    tflm serve --model_base_path saved_models/shakespeare [--port 8501]
+    tflm serve --model_base_path saved_models/shakespeare [--rest_api_port 8501] [--port 8500]
     tflm convert path/to/hf-model --output model.keras
     tflm finetune --pretrained path/to/hf-model --train train.tsv [--valid valid.tsv]
 
@@ -145,32 +145,101 @@ def _check_export(path):
 
 
 def add_serve_command(commands):
-    parser = commands.add_parser("serve", help="serve SavedModels with TF Serving's REST API")
-    parser.add_argument("--model_base_path", "--model-base-path", required=True,
-                        help="the folder of the model's versions (saved_models/NAME)")
-    parser.add_argument("--model_name", "--model-name",
-                        help="the name in URLs (default: the folder's)")
-    parser.add_argument("--port", "--rest_api_port", type=int, default=8501)
-    parser.add_argument("--host", default="0.0.0.0")
-    parser.add_argument("--max_body_bytes", "--max-body-bytes", type=int, default=1 << 20)
-    parser.add_argument("--max_batch_size", "--max-batch-size", type=int, default=64)
+    parser = commands.add_parser(
+        "serve", help="serve SavedModels with TF Serving's REST and gRPC APIs",
+        description="Serve the versions of one exported model with TF Serving's REST API "
+                    "(--rest_api_port) and gRPC API (--port); the flags are TF Serving's.")
+    flag = parser.add_argument
+    flag("--model_base_path", "--model-base-path", required=True,
+         help="the folder of the model's versions (saved_models/NAME)")
+    flag("--model_name", "--model-name",
+         help="the name in URLs and requests (default: the folder's)")
+    flag("--port", type=int, default=None,
+         help="the gRPC port (default 8500; 0: no gRPC), as in TF Serving; the REST port is "
+              "--rest_api_port")
+    flag("--rest_api_port", "--rest-api-port", type=int, default=None,
+         help="the REST port (default 8501; 0: no REST API)")
+    flag("--host", default="0.0.0.0",
+         help="the address to listen on (default 0.0.0.0, as TF Serving: every interface); "
+              "use 127.0.0.1 behind a proxy on the same machine")
+    flag("--rest_api_timeout_in_ms", "--rest-api-timeout-in-ms", type=int, default=30000,
+         help="a REST prediction that takes longer is answered 504 (default 30000)")
+    flag("--file_system_poll_wait_seconds", "--file-system-poll-wait-seconds", type=float,
+         default=1.0, help="seconds between scans of the base path for new versions (default 1; "
+                           "0: scan once)")
+    flag("--model_version_policy", "--model-version-policy", type=_version_policy, default="latest",
+         help="latest (the newest version, default), all, or specific:1,3 (those versions)")
+    flag("--enable_batching", "--enable-batching", type=_boolean, nargs="?", const=True,
+         default=False, help="merge concurrent requests into batches, as TF Serving does")
+    flag("--batching_parameters_file", "--batching-parameters-file",
+         help="TF Serving's batching parameters (max_batch_size { value: 32 } ...), "
+              "used with --enable_batching")
+    flag("--max_batch_size", "--max-batch-size", type=int, default=64,
+         help="the most rows in one request (default 64)")
+    flag("--max_body_bytes", "--max-body-bytes", type=int, default=1 << 20,
+         help="the largest REST body or gRPC message (default 1 MiB)")
+    flag("--monitoring", type=_boolean, nargs="?", const=True, default=False,
+         help="serve Prometheus metrics at /monitoring/prometheus/metrics")
     parser.set_defaults(run=serve)
 
 
+def _boolean(text):
+    """TF Serving writes boolean flags --flag=true; --flag alone is true too."""
+    if text.lower() not in ("true", "false", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() in ("true", "1")
+
+
+def _version_policy(text):
+    if text in ("latest", "all"):
+        return text
+    kind, _, numbers = text.partition(":")
+    try:
+        versions = tuple(int(n) for n in numbers.split(","))
+    except ValueError:
+        versions = ()
+    if kind != "specific" or not versions or min(versions) < 0:
+        raise argparse.ArgumentTypeError(f"expected latest, all or specific:1,3; got {text!r}")
+    return versions
+
+
 def serve(args):
+    import logging
     from pathlib import Path
 
     from tflm.export import Server
+    from tflm.export.batching import BatchingParameters
 
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.port is not None and args.rest_api_port is None:
+        print(f"tflm serve: --port {args.port} is the gRPC port, as in TF Serving; the REST API "
+              "listens on --rest_api_port (8501).", file=sys.stderr)
+    grpc_port = 8500 if args.port is None else args.port
+    rest_port = 8501 if args.rest_api_port is None else args.rest_api_port
+    if grpc_port == 0 and rest_port == 0:
+        raise ValueError("--port 0 and --rest_api_port 0 leave nothing to serve.")
+    batching = None
+    if args.enable_batching:
+        batching = (BatchingParameters.from_file(args.batching_parameters_file)
+                    if args.batching_parameters_file else BatchingParameters())
     name = args.model_name or Path(args.model_base_path).resolve().name
-    server = Server(args.model_base_path, name, args.port, args.host, args.max_body_bytes,
-                    args.max_batch_size)
-    print(f"Serving {name!r} (versions {server.models.versions()}) from {args.model_base_path} "
-          f"at http://{args.host}:{server.port}/v1/models/{name}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        server.shutdown()
+    server = Server(args.model_base_path, name, host=args.host,
+                    rest_api_port=rest_port or None, port=grpc_port or None,
+                    max_body_bytes=args.max_body_bytes, max_batch_size=args.max_batch_size,
+                    rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
+                    file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
+                    model_version_policy=args.model_version_policy, batching=batching,
+                    monitoring=args.monitoring)
+    server.start()
+    apis = []
+    if server.rest_api_port is not None:
+        apis.append(f"REST at http://{args.host}:{server.rest_api_port}/v1/models/{name}")
+    if server.port is not None:
+        apis.append(f"gRPC at {args.host}:{server.port}")
+    print(f"Serving {name!r} (versions {server.versions.available()}) from {args.model_base_path}: "
+          f"{', '.join(apis)}", flush=True)
+    server.serve_forever()  # until SIGTERM or SIGINT, then a graceful shutdown
 
 
 def add_convert_command(commands):

@@ -1,371 +1,211 @@
-"""`tflm serve`: TF Serving's REST API for the SavedModels of one model name.
+"""`tflm serve`: TF Serving's REST (8501) and gRPC (8500) APIs for the SavedModels of one
+model name, a drop-in for TF Serving's model server.
 
-    GET  /v1/models/NAME[/versions/N]            version status
-    GET  /v1/models/NAME[/versions/N]/metadata   the signatures, as TF Serving lists them
-    POST /v1/models/NAME[/versions/N]:predict    {"signature_name": ..., "instances": [...]}
-                                                 or {"signature_name": ..., "inputs": ...}
+The versions under the base path are loaded as TF Serving loads them (tflm.export.versions:
+a version policy, a poll for new versions, warm-up requests replayed before a version
+serves); requests run through one Predictor (tflm.export.predict), with TF Serving's
+server-side batching when it is on (tflm.export.batching). The REST API is
+tflm.export.rest on uvicorn; gRPC is tflm.export.grpc_service on grpcio.
 
-Requests and answers follow https://www.tensorflow.org/tfx/serving/api_rest: the row
-format ("instances") answers {"predictions": ...}, the columnar one ("inputs")
-{"outputs": ...}; errors are {"error": "..."} with HTTP 400 for a bad request and 404 for
-an unknown model or version. The newest version under the base path is served, and a
-version exported while the server runs is picked up at the next request. Requests run
-in parallel threads (TensorFlow functions are safe to call concurrently).
+```python
+server = Server("saved_models/sentiment", "sentiment", host="127.0.0.1")
+server.start()          # loads the versions, then listens on 8501 (REST) and 8500 (gRPC)
+server.serve_forever()  # until SIGTERM or SIGINT: finishes the requests under way, then returns
+```
 
-Real TF Serving serves the same exports: see the README for its docker command.
+Connections cost no thread: the REST API runs on one event loop and hands predictions to a
+pool of `rest_api_num_threads` threads. A connection is closed when its request line and
+headers take over `header_timeout` seconds, its body over `body_timeout` seconds, or it
+stays idle `idle_timeout` seconds after a response.
 """
 
-import base64
-import json
-import math
-import re
+import concurrent.futures
+import functools
+import logging
+import os
+import signal
+import socket
 import threading
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+import time
 
-import numpy as np
-import tensorflow as tf
-from tensorflow.core.framework import types_pb2
+import grpc
+import uvicorn
 
-from tflm.export.audit import read_warmup_requests
+from tflm.export.batching import Batcher
+from tflm.export.grpc_service import add_services
+from tflm.export.predict import Predictor, RequestError
+from tflm.export.rest import Metrics, Protocol, RestApi
+from tflm.export.versions import ModelVersions
 
-_ROUTE = re.compile(
-    r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?"
-    r"(?:(?P<metadata>/metadata)|(?P<predict>:predict))?/?$"
-)
-
-
-class RequestError(Exception):
-    """A request the server refuses, with the HTTP status to answer."""
-
-    def __init__(self, message, status=HTTPStatus.BAD_REQUEST):
-        super().__init__(message)
-        self.status = status
-
-
-class ModelVersions:
-    """The versions of one model under `base_path` (folders named by integers), loaded
-    when they appear and dropped when they disappear."""
-
-    def __init__(self, base_path):
-        self.base_path = Path(base_path)
-        if not self.base_path.is_dir():
-            raise FileNotFoundError(f"No model base path {self.base_path}.")
-        self._loaded = {}
-        self._lock = threading.Lock()
-        self.refresh()
-        if not self._loaded:
-            raise FileNotFoundError(f"{self.base_path} holds no version (a folder named 1, 2, ...).")
-
-    def refresh(self):
-        present = {int(p.name) for p in self.base_path.iterdir()
-                   if p.name.isdigit() and (p / "saved_model.pb").is_file()}
-        with self._lock:
-            for version in sorted(present - set(self._loaded)):
-                self._loaded[version] = load_and_warm_up(self.base_path / str(version))
-            for version in set(self._loaded) - present:
-                del self._loaded[version]
-
-    def versions(self):
-        with self._lock:
-            return sorted(self._loaded)
-
-    def get(self, version=None):
-        """`(version, loaded model)`: the newest, or `version` (a string from the URL)."""
-        self.refresh()
-        with self._lock:
-            if not self._loaded:
-                raise RequestError("No versions of the model are available.", HTTPStatus.NOT_FOUND)
-            if version is None:
-                number = max(self._loaded)
-            elif not version.isdigit() or int(version) not in self._loaded:
-                raise RequestError(f"Version {version} of the model is not available.",
-                                   HTTPStatus.NOT_FOUND)
-            else:
-                number = int(version)
-            return number, self._loaded[number]
-
-
-def load_and_warm_up(path):
-    """Load the SavedModel at `path` and replay its warm-up requests, as TF Serving does,
-    so that the compilations they trigger happen before it serves."""
-    model = tf.saved_model.load(str(path))
-    for signature, inputs in read_warmup_requests(path):
-        model.signatures[signature](**{name: tf.constant(value) for name, value in inputs.items()})
-    return model
+logger = logging.getLogger(__name__)
 
 
 class Server:
-    """The REST API for the model `name` under `base_path`; `serve_forever()` or use the
-    `http` server directly (tests start it in a thread)."""
+    """TF Serving's REST and gRPC APIs for the model `name`, whose versions are folders
+    under `base_path`.
 
-    def __init__(self, base_path, name, port=8501, host="0.0.0.0", max_body_bytes=1 << 20,
-                 max_batch_size=64):
-        self.name = name
-        self.models = ModelVersions(base_path)
+    Args:
+        rest_api_port, port: the REST and the gRPC port; 0 picks a free one (read the bound
+            ports from the attributes after `start()`); None serves no REST or no gRPC.
+        host: the interface to listen on; "0.0.0.0" (TF Serving's) listens on all of them.
+        max_body_bytes: the largest request body (REST) or message (gRPC).
+        max_batch_size: the most rows in one request.
+        rest_api_timeout_in_ms: a prediction that takes longer is answered 504 (REST).
+        file_system_poll_wait_seconds: the wait between scans of `base_path` for versions.
+        model_version_policy: "latest", "all", or a tuple of version numbers.
+        batching: None, or `BatchingParameters` to merge concurrent requests into batches.
+        monitoring: serve Prometheus metrics at /monitoring/prometheus/metrics.
+        max_connections: past this many open REST connections, requests are answered 503.
+        rest_api_num_threads: threads that run REST predictions (default 4 per CPU, as
+            TF Serving's); also the gRPC server's threads.
+        header_timeout, body_timeout, idle_timeout: seconds (see the module's docstring).
+        access_log: one line on stderr for each REST request.
+    """
+
+    def __init__(self, base_path, name, *, host="0.0.0.0", rest_api_port=8501, port=8500,
+                 max_body_bytes=1 << 20, max_batch_size=64, rest_api_timeout_in_ms=30000,
+                 file_system_poll_wait_seconds=1.0, model_version_policy="latest",
+                 batching=None, monitoring=False, max_connections=1000,
+                 rest_api_num_threads=None, header_timeout=10.0, body_timeout=30.0,
+                 idle_timeout=75.0, access_log=True):
+        self.name, self.host = name, host
+        self.rest_api_port, self.port = rest_api_port, port
+        self.versions = ModelVersions(base_path, model_version_policy,
+                                      file_system_poll_wait_seconds)
         self.max_body_bytes = max_body_bytes
         self.max_batch_size = max_batch_size
-        self.http = ThreadingHTTPServer((host, port), _handler(self))
-        self.http.daemon_threads = True
+        self.request_timeout = rest_api_timeout_in_ms / 1000
+        self.batching = batching
+        self.monitoring = monitoring
+        self.max_connections = max_connections
+        self.threads = rest_api_num_threads or 4 * (os.cpu_count() or 1)
+        self.header_timeout, self.body_timeout = header_timeout, body_timeout
+        self.idle_timeout = idle_timeout
+        self.access_log = access_log
+        self.batcher = self.predictor = self.metrics = None
+        self._rest = self._rest_thread = self._grpc = self._executor = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._started = self._stopped = False
 
-    @property
-    def port(self):
-        return self.http.server_address[1]
+    def start(self):
+        """Load the versions, then listen; returns once both APIs accept connections."""
+        self._started = True
+        try:
+            self._start()
+        except BaseException:  # a port in use, no version that loads: stop what started
+            self.shutdown()
+            raise
+
+    def _start(self):
+        self.versions.start()
+        self.versions.wait_until_ready()
+        self._check_versions()
+        if self.batching is not None:
+            self.batcher = Batcher(self.batching, on_batch=self._on_batch)
+        if self.monitoring:
+            self.metrics = Metrics(self.versions, self.batcher)
+        self.predictor = Predictor(self.versions, self.batcher, self.max_batch_size)
+        self._executor = concurrent.futures.ThreadPoolExecutor(self.threads,
+                                                               thread_name_prefix="tflm-rest")
+        if self.rest_api_port is not None:
+            self._start_rest()
+        if self.port is not None:
+            self._start_grpc()
+
+    def _on_batch(self, key, rows, requests):
+        if self.metrics is not None:
+            self.metrics.batch_size.observe(rows)
+
+    def _check_versions(self):
+        """Stop when every version failed to load (TF Serving exits then too); an empty base
+        path is polled until a version appears."""
+        if self.versions.available():
+            return
+        try:
+            errors = [entry["status"]["error_message"] for entry in self.versions.status()]
+        except RequestError:  # no version folders yet
+            logger.warning("No versions of %s under %s yet; waiting for one.", self.name,
+                           self.versions.base_path)
+            return
+        raise RuntimeError(f"No version of {self.name!r} loaded: " + "; ".join(errors))
+
+    def _start_rest(self):
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.create_server((self.host, self.rest_api_port), family=family)
+        self.rest_api_port = sock.getsockname()[1]
+        api = RestApi(self.name, self.versions, self.predictor, executor=self._executor,
+                      max_body_bytes=self.max_body_bytes, request_timeout=self.request_timeout,
+                      body_timeout=self.body_timeout, max_connections=self.max_connections,
+                      connections=lambda: len(self._rest.server_state.connections),
+                      metrics=self.metrics, access_log=self.access_log)
+        config = uvicorn.Config(
+            api, http=functools.partial(Protocol, header_timeout=self.header_timeout,
+                                        access_log=self.access_log),
+            ws="none", lifespan="off", log_config=None, access_log=False, server_header=False,
+            timeout_keep_alive=self.idle_timeout,
+            # requests under way end within their deadline; then the rest are cancelled
+            timeout_graceful_shutdown=self.request_timeout + 5)
+        self._rest = uvicorn.Server(config)
+        self._rest_thread = threading.Thread(target=self._rest.run, kwargs={"sockets": [sock]},
+                                             name="tflm-rest-loop", daemon=True)
+        self._rest_thread.start()
+        while not self._rest.started:
+            if not self._rest_thread.is_alive():
+                raise RuntimeError("The REST server stopped while starting.")
+            time.sleep(0.01)
+
+    def _start_grpc(self):
+        self._grpc = grpc.server(
+            concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="tflm-grpc"),
+            options=[("grpc.max_receive_message_length", self.max_body_bytes),
+                     ("grpc.so_reuseport", 0)])  # a port in use is an error, not shared
+        add_services(self._grpc, self.name, self.versions, self.predictor)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        try:
+            self.port = self._grpc.add_insecure_port(f"{host}:{self.port}")
+        except RuntimeError as error:  # grpcio raises, or returned 0 before 1.51
+            raise OSError(f"Cannot listen for gRPC on {host}:{self.port}: {error}") from None
+        self._grpc.start()
 
     def serve_forever(self):
-        self.http.serve_forever()
+        """Serve until `shutdown()` or, in the main thread, SIGTERM or SIGINT; then shut down
+        gracefully. A second signal during the shutdown ends the process at once."""
+        if not self._started:
+            self.start()
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            def stop(number, frame):
+                for sig, handler in handlers.items():  # a second signal: the usual effect
+                    signal.signal(sig, handler)
+                self._stopping.set()
+
+            handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while not self._stopping.wait(0.5):
+                pass
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            self.shutdown()
 
     def shutdown(self):
-        self.http.shutdown()
-        self.http.server_close()
-
-    # -- the API --------------------------------------------------------------------
-
-    def handle(self, method, path, body):
-        """`(status, JSON-able answer)` for one request."""
-        match = _ROUTE.match(path)
-        if match is None:
-            raise RequestError(f"Malformed request: {method} {path[:200]}", HTTPStatus.NOT_FOUND)
-        if match["name"] != self.name:
-            raise RequestError(f"Servable not found for request: Latest({match['name'][:100]})",
-                               HTTPStatus.NOT_FOUND)
-        version, model = self.models.get(match["version"])
-        if match["predict"]:
-            if method != "POST":
-                raise RequestError("Use POST for :predict.", HTTPStatus.METHOD_NOT_ALLOWED)
-            return self.predict(model, body)
-        if method != "GET":
-            raise RequestError(f"Use GET for {path[:200]}.", HTTPStatus.METHOD_NOT_ALLOWED)
-        if match["metadata"]:
-            return self.metadata(version, model)
-        versions = [version] if match["version"] else self.models.versions()[::-1]
-        return {"model_version_status": [
-            {"version": str(v), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
-            for v in versions
-        ]}
-
-    def metadata(self, version, model):
-        signatures = {}
-        for key, function in model.signatures.items():
-            inputs = function.structured_input_signature[1]
-            signatures[key] = {
-                "inputs": {name: _tensor_info(spec) for name, spec in inputs.items()},
-                "outputs": {name: _tensor_info(spec)
-                            for name, spec in function.structured_outputs.items()},
-                "method_name": "tensorflow/serving/predict",
-            }
-        return {"model_spec": {"name": self.name, "signature_name": "", "version": str(version)},
-                "metadata": {"signature_def": {"signature_def": signatures}}}
-
-    def predict(self, model, body):
-        request = _parse_json(body)
-        if not isinstance(request, dict):
-            raise RequestError("The request must be a JSON object.")
-        name = request.get("signature_name", "serving_default")
-        if not isinstance(name, str) or name not in model.signatures:
-            raise RequestError(f"Serving signature name: \"{str(name)[:100]}\" not found in signature def")
-        function = model.signatures[name]
-        specs = function.structured_input_signature[1]
-        if ("instances" in request) == ("inputs" in request):
-            raise RequestError("The request must have exactly one of \"instances\" or \"inputs\".")
-        row_format = "instances" in request
-        columns = _columns(request["instances"], specs) if row_format else _named(request["inputs"], specs)
-        tensors = {key: _tensor(columns[key], spec, key, self.max_batch_size)
-                   for key, spec in specs.items()}
-        batches = {int(t.shape[0]) for t in tensors.values() if t.shape.rank}
-        if len(batches) > 1:
-            raise RequestError(f"The inputs have different batch sizes: {sorted(batches)}.")
-        try:
-            outputs = function(**tensors)
-        except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError,
-                tf.errors.FailedPreconditionError) as error:
-            raise RequestError(error.message.split("\n")[0][:1000]) from None
-        outputs = {key: _to_json(value.numpy()) for key, value in outputs.items()}
-        if row_format:
-            if len(outputs) == 1:
-                return {"predictions": next(iter(outputs.values()))}
-            rows = len(next(iter(outputs.values())))
-            return {"predictions": [{k: v[i] for k, v in outputs.items()} for i in range(rows)]}
-        return {"outputs": next(iter(outputs.values())) if len(outputs) == 1 else outputs}
-
-
-def _handler(server):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self):
-            self._answer("GET", b"")
-
-        def do_POST(self):
-            try:
-                length = int(self.headers.get("Content-Length", "0"))
-            except ValueError:
-                length = -1
-            if length < 0:
-                return self._send(HTTPStatus.BAD_REQUEST, {"error": "Invalid Content-Length."})
-            if length > server.max_body_bytes:
-                self.close_connection = True
-                return self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                                  {"error": f"The request body exceeds {server.max_body_bytes} bytes."})
-            self._answer("POST", self.rfile.read(length))
-
-        def _answer(self, method, body):
-            try:
-                status, answer = HTTPStatus.OK, server.handle(method, self.path, body)
-            except RequestError as error:
-                status, answer = error.status, {"error": str(error)}
-            except Exception as error:  # a fault of the server, not of the request
-                status, answer = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(error).__name__}: {error}"[:1000]}
-            self._send(status, answer)
-
-        def _send(self, status, answer):
-            data = json.dumps(answer).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def send_error(self, code, message=None, explain=None):
-            # What http.server answers itself (unknown methods, broken request lines) as JSON
-            if code == HTTPStatus.NOT_IMPLEMENTED:
-                code, message = HTTPStatus.METHOD_NOT_ALLOWED, f"Method {self.command} is not allowed."
-            self.close_connection = True
-            self._send(code, {"error": message or HTTPStatus(code).phrase})
-
-        def log_message(self, format, *args):  # quiet: one line per request is too much
-            pass
-
-    return Handler
-
-
-def _parse_json(body):
-    def no_constants(name):
-        raise RequestError(f"{name} is not a number JSON allows.")
-
-    try:
-        return json.loads(body.decode("utf-8"), parse_constant=no_constants)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise RequestError(f"JSON Parse error: {str(error)[:200]}") from None
-
-
-def _columns(instances, specs):
-    """The row format: a list of instances -> {input name: list over the batch}."""
-    if not isinstance(instances, list) or not instances:
-        raise RequestError("\"instances\" must be a non-empty list.")
-    if len(specs) == 1 and not isinstance(instances[0], dict):
-        return {next(iter(specs)): instances}
-    columns = {key: [] for key in specs}
-    for row in instances:
-        if not isinstance(row, dict) or set(row) != set(specs):
-            raise RequestError(f"Each instance must be an object with the inputs {sorted(specs)}.")
-        for key in specs:
-            columns[key].append(row[key])
-    return columns
-
-
-def _named(inputs, specs):
-    """The columnar format: {name: batch} (or the batch alone for a single input)."""
-    if len(specs) == 1 and not (isinstance(inputs, dict) and set(inputs) == set(specs)):
-        inputs = {next(iter(specs)): inputs}
-    if not isinstance(inputs, dict) or set(inputs) != set(specs):
-        raise RequestError(f"\"inputs\" must name the inputs {sorted(specs)}.")
-    return inputs
-
-
-def _tensor(value, spec, name, max_batch_size):
-    """A JSON value as a tensor of `spec`, checked: dtype, rank, fixed sizes, batch size."""
-    if isinstance(value, list) and len(value) > max_batch_size:
-        raise RequestError(f"Input {name!r} has a batch of {len(value)}; at most {max_batch_size}.")
-    if spec.dtype == tf.string:
-        array = _strings(value, name)
-    else:
-        array = _numbers(value, spec.dtype, name)
-    if array.ndim != spec.shape.rank:
-        raise RequestError(f"Input {name!r} must have rank {spec.shape.rank}; got shape {list(array.shape)}.")
-    for size, expected in zip(array.shape, spec.shape.as_list()):
-        if expected is not None and size != expected:
-            raise RequestError(f"Input {name!r} must have shape {spec.shape.as_list()}; got {list(array.shape)}.")
-    if array.ndim and array.shape[0] == 0:
-        raise RequestError(f"Input {name!r} is empty.")
-    return tf.constant(array, spec.dtype)
-
-
-def _rectangular(value, name, leaf):
-    """A nested list as a numpy object array, or an error for ragged nesting."""
-    def walk(item):
-        if isinstance(item, list):
-            if not item:
-                return (0,)
-            shapes = {walk(x) for x in item}
-            if len(shapes) != 1:
-                raise RequestError(f"Input {name!r} is not rectangular.")
-            return (len(item), *shapes.pop())
-        leaf(item)
-        return ()
-
-    if isinstance(value, list) and _depth(value) > 8:
-        raise RequestError(f"Input {name!r} is nested too deeply.")
-    walk(value)
-
-
-def _depth(value):
-    depth = 0
-    while isinstance(value, list) and value:
-        value, depth = value[0], depth + 1
-    return depth
-
-
-def _strings(value, name):
-    def leaf(item):
-        if isinstance(item, dict) and set(item) == {"b64"} and isinstance(item["b64"], str):
-            return
-        if not isinstance(item, str):
-            raise RequestError(f"Input {name!r} takes strings; got {type(item).__name__}.")
-
-    _rectangular(value, name, leaf)
-
-    def convert(item):
-        if isinstance(item, list):
-            return [convert(x) for x in item]
-        if isinstance(item, dict):
-            try:
-                return base64.b64decode(item["b64"], validate=True)
-            except ValueError:
-                raise RequestError(f"Input {name!r} has invalid base64.") from None
-        return item.encode("utf-8", errors="replace")
-
-    return np.array(convert(value), dtype=object)
-
-
-def _numbers(value, dtype, name):
-    integer = dtype.is_integer
-
-    def leaf(item):
-        if isinstance(item, bool) or not isinstance(item, (int, float)):
-            raise RequestError(f"Input {name!r} takes numbers ({dtype.name}); got {type(item).__name__}.")
-        if integer and (isinstance(item, float) and not item.is_integer()):
-            raise RequestError(f"Input {name!r} takes integers ({dtype.name}); got {item}.")
-        if not math.isfinite(item):
-            raise RequestError(f"Input {name!r} has a value that is not finite.")
-        if integer and not dtype.min <= item <= dtype.max:
-            raise RequestError(f"Input {name!r} has {item}, outside the range of {dtype.name}.")
-        if not integer and abs(item) > 3.4e38:
-            raise RequestError(f"Input {name!r} has {item}, outside the range of {dtype.name}.")
-
-    _rectangular(value, name, leaf)
-    return np.array(value, dtype=dtype.as_numpy_dtype)
-
-
-def _to_json(array):
-    if array.dtype == object:
-        return np.vectorize(lambda b: b.decode("utf-8", errors="replace"), otypes=[object])(array).tolist() \
-            if array.size else array.tolist()
-    return array.tolist()
-
-
-def _tensor_info(spec):
-    dims = [{"size": str(-1 if d is None else d), "name": ""} for d in spec.shape.as_list()]
-    return {"dtype": types_pb2.DataType.Name(spec.dtype.as_datatype_enum),  # DT_FLOAT, ...
-            "tensor_shape": {"dim": dims, "unknown_rank": False}, "name": spec.name or ""}
+        """Stop listening, finish the requests under way, then unload the versions."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self._stopping.set()
+        grpc_stopped = self._grpc.stop(self.request_timeout + 5) if self._grpc is not None else None
+        if self._rest is not None:
+            self._rest.should_exit = True
+            self._rest_thread.join()
+        if grpc_stopped is not None:
+            grpc_stopped.wait()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.predictor is not None:
+            self.predictor.close()
+        if self.batcher is not None:
+            self.batcher.close()
+        self.versions.stop()
