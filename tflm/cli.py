@@ -174,6 +174,8 @@ def add_serve_command(commands):
     flag("--batching_parameters_file", "--batching-parameters-file",
          help="TF Serving's batching parameters (max_batch_size { value: 32 } ...), "
               "used with --enable_batching")
+    flag("--rest_api_num_threads", "--rest-api-num-threads", type=int, default=None,
+         help="threads that run REST predictions (default 4 per CPU, as TF Serving)")
     flag("--max_batch_size", "--max-batch-size", type=int, default=64,
          help="the most rows in one request (default 64)")
     flag("--max_body_bytes", "--max-body-bytes", type=int, default=1 << 20,
@@ -230,7 +232,7 @@ def serve(args):
                     rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
                     file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
                     model_version_policy=args.model_version_policy, batching=batching,
-                    monitoring=args.monitoring)
+                    monitoring=args.monitoring, rest_api_num_threads=args.rest_api_num_threads)
     server.start()
     apis = []
     if server.rest_api_port is not None:
