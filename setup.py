@@ -24,8 +24,16 @@ setup(
         "tensorflow-text~=2.21.0",
         "tensorboard",
         "pyyaml",
-        # TF Serving's protos: exports write, and tflm serve replays, its warm-up requests.
+        # TF Serving's protos and gRPC stubs: exports write, and tflm serve replays, its
+        # warm-up requests; tflm serve answers its gRPC API.
         "tensorflow-serving-api~=2.21.0",
+        "grpcio",
+        # tflm serve's HTTP: uvicorn's h11 protocol (subclassed for a header deadline) under
+        # a Starlette app; its metrics in Prometheus' format.
+        "uvicorn~=0.54.0",
+        "h11>=0.16",
+        "starlette~=1.10",
+        "prometheus-client",
     ],
     extras_require={
         # Reading Hugging Face checkpoints (tflm.convert).

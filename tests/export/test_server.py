@@ -302,6 +302,20 @@ def test_idle_keep_alive_connections_are_closed(sentiment):
         assert read_response(stream) is None  # kept alive, then closed once idle
 
 
+def test_answers_are_sent_without_waiting_for_acknowledgements(sentiment):
+    # Without TCP_NODELAY a keep-alive connection's answers wait ~40 ms for the client's
+    # delayed ACK (Nagle's algorithm): every accepted socket must have it.
+    sock, stream = connect(sentiment)
+    with sock, stream:
+        sock.sendall(b"GET /v1/models/sentiment HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(stream)[0] == 200
+        connections = list(sentiment._rest.server_state.connections)
+        assert connections
+        for protocol in connections:
+            accepted = protocol.transport.get_extra_info("socket")
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
 def test_a_get_body_is_not_a_request_and_pipelined_requests_are_answered_in_order(sentiment):
     smuggled = b"GET /v1/models/other HTTP/1.1\r\nHost: x\r\n\r\n"
     sock, stream = connect(sentiment)

@@ -29,6 +29,7 @@ uvicorn.run(api, port=8501, http=functools.partial(Protocol, header_timeout=10.0
 import asyncio
 import json
 import re
+import socket
 import sys
 import time
 
@@ -259,6 +260,12 @@ class Protocol(H11Protocol):
 
     def connection_made(self, transport):
         super().connection_made(transport)
+        # asyncio sets TCP_NODELAY only on sockets created with proto=IPPROTO_TCP, which
+        # socket.create_server's are not: without it a keep-alive connection's answers wait
+        # ~40 ms for the client's delayed ACK (Nagle).
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._watch_headers()
 
     def data_received(self, data):
