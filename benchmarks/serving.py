@@ -1,12 +1,12 @@
 """Serving costs on CPU, each next to its reference in the same run.
 
---part requests (default): requests per second and latency of `tflm serve` on localhost,
-    next to the same signatures called in-process. Exports two models with random weights
-    into a temporary folder: the shakespeare-char GPT (`generate`, 32 new tokens, top-k 10)
-    and a bert-tiny sentiment Classifier with a WordPiece vocabulary trained on
-    tests/data/sst2_sample.tsv (`classify`). Each is served by a `tflm serve` process;
-    requests of one text each are sent one after another and then from 4 clients at once,
-    for at most `--requests` requests or `--seconds` seconds per case.
+--part requests (default): requests per second and p50/p99 latency of `tflm serve` at 1, 4,
+    16 and 64 concurrent clients, for `classify` (a bert-tiny Classifier with a WordPiece
+    vocabulary trained on tests/data/sst2_sample.tsv) and `generate` (the shakespeare-char GPT,
+    32 new tokens, top-k 10), random weights, with batching off and on, over REST and gRPC.
+    The load generator runs in its own process (this file with --part load: a thread and a
+    connection a client) and reports its share of the machine's CPU, since it shares the
+    cores with the server. A case stops after `--requests` requests or `--seconds` seconds.
 --part tokenizers: the core-op tokenizers that exports carry against the tensorflow-text
     ones (keras-hub's) on the same vocabulary: tokenization alone (WordPiece on the MiniLM
     vocabulary, BPE on a 4,096-token vocabulary trained on tiny Shakespeare) and whole
@@ -14,12 +14,13 @@
 --part warmup: `tflm serve` started on a shakespeare-char export with and without its
     TF Serving warm-up file: time to listen, first and second request.
 
-    python benchmarks/serving.py [--part requests|tokenizers|warmup] [--requests 200] [--seconds 30]
+    python benchmarks/serving.py [--part requests|tokenizers|warmup] [--requests 2000] [--seconds 15]
 """
 
 import argparse
 import http.client
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -60,13 +61,27 @@ def free_port():
         return s.getsockname()[1]
 
 
-def serve(base_path):
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "tflm", "serve", "--model_base_path",
-                                str(base_path), "--port", str(port), "--host", "127.0.0.1"],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+def serve(base_path, grpc=False, batching_file=None):
+    """`tflm serve` in its own process; returns (process, REST port, gRPC port or None) once a
+    version is AVAILABLE."""
+    rest_port, grpc_port = free_port(), free_port() if grpc else 0
+    command = [sys.executable, "-m", "tflm", "serve", "--model_base_path", str(base_path),
+               "--rest_api_port", str(rest_port), "--port", str(grpc_port), "--host", "127.0.0.1"]
+    if batching_file:
+        command += ["--enable_batching", "--batching_parameters_file", str(batching_file)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     process.stdout.readline()  # "Serving ..." once it listens
-    return process, port
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:  # versions load in the background
+        connection = http.client.HTTPConnection("127.0.0.1", rest_port, timeout=10)
+        connection.request("GET", f"/v1/models/{base_path.name}")
+        answer = json.loads(connection.getresponse().read() or b"{}")
+        connection.close()
+        if any(v["state"] == "AVAILABLE" for v in answer.get("model_version_status", [])):
+            return process, rest_port, grpc_port or None
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"{base_path} did not become AVAILABLE")
 
 
 def post(port, path, body):
@@ -80,67 +95,125 @@ def post(port, path, body):
     return payload
 
 
-def measure(call, requests, seconds, clients=1):
-    """(requests/s, p50 ms, p99 ms) of `call(i)` from `clients` threads."""
-    latencies, lock, deadline = [], threading.Lock(), time.perf_counter() + seconds
-    counter = iter(range(requests))
+CASES = {  # signature: (model folder, one request's inputs for request i, batching file)
+    "classify": ("sentiment", lambda i: {"texts": [TEXTS[i % len(TEXTS)]]},
+                 "max_batch_size { value: 32 }\nbatch_timeout_micros { value: 2000 }\n"
+                 "num_batch_threads { value: 2 }\nmax_enqueued_batches { value: 100 }\n"),
+    # at most 8 rows a batch: the export's warm-up compiled batches 1, 2, 4 and 8
+    "generate": ("shakespeare", lambda i: {
+        "prompts": ["ROMEO:"], "max_new_tokens": [32], "temperature": [1.0], "top_k": [10],
+        "top_p": [1.0], "seed": [i]},
+                 "max_batch_size { value: 8 }\nbatch_timeout_micros { value: 2000 }\n"
+                 "num_batch_threads { value: 2 }\nmax_enqueued_batches { value: 100 }\n"),
+}
+
+
+def requests_part(args):
+    """Each signature served with batching off and on; REST and gRPC; 1, 4, 16, 64 clients
+    from a load generator in its own process (this file with --part load)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        export_models(base)
+        print(f"{'signature':<9} {'batching':<8} {'api':<5} {'clients':>7} {'requests/s':>10} "
+              f"{'p50 ms':>8} {'p99 ms':>8} {'n':>6} {'errors':>6} {'client CPU':>10}")
+        for signature, (model, _, batching) in CASES.items():
+            (base / f"{signature}.batching").write_text(batching)
+            for batched in (False, True):
+                process, rest_port, grpc_port = serve(
+                    base / model, grpc=True, batching_file=base / f"{signature}.batching" if batched else None)
+                try:
+                    for api, port in (("rest", rest_port), ("grpc", grpc_port)):
+                        for clients in args.clients:
+                            result = load(api, port, model, signature, clients, args)
+                            print(f"{signature:<9} {'on' if batched else 'off':<8} {api:<5} {clients:7d} "
+                                  f"{result['rate']:10.1f} {result['p50']:8.1f} {result['p99']:8.1f} "
+                                  f"{result['n']:6d} {result['errors']:6d} {result['cpu_share']:9.0%}",
+                                  flush=True)
+                finally:
+                    process.terminate()
+                    process.wait()
+
+
+def load(api, port, model, signature, clients, args):
+    """Run the load generator in its own process; its JSON result."""
+    command = [sys.executable, __file__, "--part", "load", "--api", api, "--port", str(port),
+               "--model", model, "--signature", signature, "--clients", str(clients),
+               "--requests", str(args.requests), "--seconds", str(args.seconds)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=args.seconds * 4 + 300)
+    if result.returncode:
+        raise RuntimeError(result.stderr[-2000:])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def load_part(args):
+    """The load generator: `clients` threads, each with its own connection (REST keep-alive,
+    or a gRPC stub on one channel), sending one request after another."""
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    [clients] = args.clients
+    inputs = CASES[args.signature][1]
+    if args.api == "grpc":
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(f"127.0.0.1:{args.port}"))
+        dtypes = {"temperature": tf.float32, "top_p": tf.float32}
+
+        def connect():
+            def call(i):
+                request = predict_pb2.PredictRequest()
+                request.model_spec.name, request.model_spec.signature_name = args.model, args.signature
+                for key, value in inputs(i).items():
+                    dtype = tf.string if isinstance(value[0], str) else dtypes.get(key, tf.int32)
+                    request.inputs[key].CopyFrom(tf.make_tensor_proto(value, dtype))
+                stub.Predict(request, timeout=120)
+            return call
+    else:
+        def connect():
+            connection = http.client.HTTPConnection("127.0.0.1", args.port, timeout=120)
+            path = f"/v1/models/{args.model}:predict"
+
+            def call(i):
+                body = json.dumps({"signature_name": args.signature, "inputs": inputs(i)})
+                connection.request("POST", path, body=body.encode())
+                response = connection.getresponse()
+                response.read()
+                if response.status != 200:
+                    raise RuntimeError(response.status)
+            return call
+
+    latencies, errors, lock = [], [0], threading.Lock()
+    counter = iter(range(args.requests))
+    connect()(0)  # one request before timing
+    began, cpu_began = time.perf_counter(), time.process_time()
+    deadline = began + args.seconds
 
     def client():
+        call = connect()
         while time.perf_counter() < deadline:
             with lock:
                 i = next(counter, None)
             if i is None:
                 return
-            began = time.perf_counter()
-            call(i)
+            start = time.perf_counter()
+            try:
+                call(i)
+            except Exception:
+                with lock:
+                    errors[0] += 1
+                continue
             with lock:
-                latencies.append(time.perf_counter() - began)
+                latencies.append(time.perf_counter() - start)
 
-    call(0)  # warm: the first call of a shape compiles
-    began = time.perf_counter()
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - began
-    ms = np.array(latencies) * 1e3
-    return len(ms) / wall, np.percentile(ms, 50), np.percentile(ms, 99), len(ms)
-
-
-def requests_part(args):
-    with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp)
-        export_models(base)
-        cases = {
-            "classify": ("sentiment", "classify", lambda i: {"texts": [TEXTS[i % len(TEXTS)]]}),
-            "generate": ("shakespeare", "generate", lambda i: {
-                "prompts": ["ROMEO:"], "max_new_tokens": [32], "temperature": [1.0],
-                "top_k": [10], "top_p": [1.0], "seed": [i]}),
-        }
-        print(f"{'signature':<10} {'how':<22} {'requests/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'n':>5}")
-        for name, (model, signature, inputs) in cases.items():
-            loaded = tf.saved_model.load(str(base / model / "1")).signatures[signature]
-
-            def in_process(i):
-                spec = loaded.structured_input_signature[1]
-                loaded(**{k: tf.constant(v, spec[k].dtype) for k, v in inputs(i).items()})
-
-            process, port = serve(base / model)
-            try:
-                path = f"/v1/models/{model}:predict"
-
-                def over_http(i):
-                    post(port, path, {"signature_name": signature, "inputs": inputs(i)})
-
-                for how, call, clients in [("in-process", in_process, 1),
-                                           ("tflm serve, 1 client", over_http, 1),
-                                           ("tflm serve, 4 clients", over_http, 4)]:
-                    rate, p50, p99, n = measure(call, args.requests, args.seconds, clients)
-                    print(f"{name:<10} {how:<22} {rate:10.1f} {p50:8.1f} {p99:8.1f} {n:5d}", flush=True)
-            finally:
-                process.terminate()
-                process.wait()
+    ms = np.array(latencies or [float("nan")]) * 1e3
+    print(json.dumps({"rate": len(latencies) / wall, "p50": float(np.percentile(ms, 50)),
+                      "p99": float(np.percentile(ms, 99)), "n": len(latencies), "errors": errors[0],
+                      "cpu_share": (time.process_time() - cpu_began) / wall / os.cpu_count()}))
 
 
 class TfTextTokenizer:
@@ -237,12 +310,12 @@ def warmup_part(args):
         keras.utils.set_random_seed(0)
         gpt = tflm.GPT.from_preset("shakespeare-char")
         gpt.build((None, 128))
-        print(f"{'export':<22} {'listening s':>11} {'1st request s':>13} {'2nd request s':>13}")
+        print(f"{'export':<22} {'available s':>11} {'1st request s':>13} {'2nd request s':>13}")
         for name, batch_size in [("with warm-up file", 8), ("without warm-up file", 0)]:
             base = Path(tmp) / name.replace(" ", "-")
             saved_model(gpt, base, warmup_batch_size=batch_size)
             began = time.perf_counter()
-            process, port = serve(base)
+            process, port, _ = serve(base)
             listening = time.perf_counter() - began
             try:
                 body = {"instances": ["ROMEO:", "JULIET:", "KING:"]}  # a batch of 3 runs as 4
@@ -259,11 +332,18 @@ def warmup_part(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=["requests", "tokenizers", "warmup"], default="requests")
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--part", choices=["requests", "tokenizers", "warmup", "load"], default="requests")
+    parser.add_argument("--requests", type=int, default=2000, help="the most requests a case")
+    parser.add_argument("--seconds", type=float, default=15, help="the most seconds a case")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--api", choices=["rest", "grpc"], help=argparse.SUPPRESS)  # --part load
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--signature", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    {"requests": requests_part, "tokenizers": tokenizers_part, "warmup": warmup_part}[args.part](args)
+    parts = {"requests": requests_part, "tokenizers": tokenizers_part, "warmup": warmup_part,
+             "load": load_part}
+    parts[args.part](args)
 
 
 if __name__ == "__main__":
