@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.export.test_predict import Versions, generate_inputs, strings
+from tests.export.helpers import Versions, generate_inputs, strings
 from tflm.export import saved_model
 from tflm.export.batching import Batcher, BatchingParameters
 from tflm.export.predict import Predictor, RequestError
@@ -278,10 +278,10 @@ def test_batched_classify_equals_unbatched(models):
 
 
 def test_batched_generate_equals_unbatched_and_a_bad_request_fails_alone(models):
-    # Greedy rows: a sampled row's noise depends on its position in the batch (see the report
-    # on tflm.generation.samplers.gumbel_noise), so only greedy rows can equal across batches.
-    requests = [generate_inputs(["ROMEO:"], max_new_tokens=3),
-                generate_inputs(["JULIET: O Romeo", "\n"], max_new_tokens=9),
+    # Sampled rows too: a row with its own seed samples the same wherever it sits in a batch.
+    requests = [generate_inputs(["ROMEO:"], max_new_tokens=3, temperature=0.9, top_k=5, seed=4),
+                generate_inputs(["JULIET: O Romeo", "\n"], max_new_tokens=9, top_p=0.9, temperature=1.0,
+                                seed=11),
                 generate_inputs(["To be"], max_new_tokens=5, top_p=0.0),  # refused by the graph
                 generate_inputs(["First Citizen:"], max_new_tokens=40)]
     calls, results = predict_all(models["gpt"], "generate", requests)

@@ -10,7 +10,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
-from tests.export.test_predict import Versions
+from tests.export.helpers import Versions
 from tflm.export import saved_model
 from tflm.export.batching import BatchingParameters
 from tflm.export.grpc_service import add_services
