@@ -11,6 +11,10 @@
     ones (keras-hub's) on the same vocabulary: tokenization alone (WordPiece on the MiniLM
     vocabulary, BPE on a 4,096-token vocabulary trained on tiny Shakespeare) and whole
     `classify` requests of the MiniLM-L6 classifier exported both ways, in-process.
+--part soak: `--minutes` (10) of mixed traffic against one `tflm serve` (valid REST and gRPC
+    requests, malformed ones, clients that send half a request line and wait, a version exported
+    and a corrupt one dropped in mid-run): every request must be answered, none with a 5xx,
+    and the server's RSS at the end is compared with after warm-up.
 --part warmup: `tflm serve` started on a shakespeare-char export with and without its
     TF Serving warm-up file: time to listen, first and second request.
 
@@ -19,8 +23,10 @@
 
 import argparse
 import http.client
+import itertools
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -330,9 +336,141 @@ def warmup_part(args):
             print(f"{name:<22} {listening:11.1f} {times[0]:13.2f} {times[1]:13.2f}", flush=True)
 
 
+def rss_mib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+HOSTILE = [  # (method, path, body): each must be answered 4xx
+    ("POST", "/v1/models/sentiment:predict", b"{\"instances\": ["),
+    ("POST", "/v1/models/sentiment:predict", b"[NaN]"),
+    ("POST", "/v1/models/sentiment:predict", b"{\"instances\": [" + b"9" * 5000 + b"]}"),
+    ("POST", "/v1/models/sentiment:predict", b"{\"instances\": [1, 2]}"),
+    ("POST", "/v1/models/sentiment:predict", b"{\"inputs\": {\"texts\": [[[[\"a\"]]]]}}"),
+    ("POST", "/v1/models/sentiment/versions/%C2%B2:predict", b"{\"instances\": [\"a\"]}"),
+    ("POST", "/v1/models/other:predict", b"{\"instances\": [\"a\"]}"),
+    ("GET", "/v1/models/sentiment/versions/" + "9" * 5000, b""),
+]
+
+
+def soak_part(args):
+    """Mixed traffic against one `tflm serve` for `--minutes`: valid REST and gRPC requests,
+    malformed ones, clients that send half a header and wait, a new version exported and a
+    corrupt one dropped in mid-run. Counts every request's answer (none may be lost or 5xx)
+    and the server's memory (RSS) after warm-up and at the end."""
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        export_models(base)
+        process, rest_port, grpc_port = serve(base / "sentiment", grpc=True)
+        counts = {"valid": 0, "4xx": 0, "5xx": 0, "other": 0, "lost": 0, "slow closed": 0,
+                  "slow open": 0}
+        lock, stop = threading.Lock(), threading.Event()
+
+        def count(kind):
+            with lock:
+                counts[kind] += 1
+
+        def rest_client(hostile):
+            connection = None
+            for i in itertools.count():
+                if stop.is_set():
+                    return
+                method, path, body = (HOSTILE[i % len(HOSTILE)] if hostile else
+                                      ("POST", "/v1/models/sentiment:predict",
+                                       json.dumps({"instances": [TEXTS[i % len(TEXTS)]]}).encode()))
+                try:
+                    connection = connection or http.client.HTTPConnection("127.0.0.1", rest_port, timeout=60)
+                    connection.request(method, path, body=body)
+                    response = connection.getresponse()
+                    response.read()
+                except (OSError, http.client.HTTPException):
+                    count("lost")
+                    connection = None
+                    continue
+                status = response.status
+                count("5xx" if status >= 500 else "4xx" if status >= 400 else
+                      "valid" if status == 200 and not hostile else "other")
+                if response.will_close:
+                    connection.close()
+                    connection = None
+
+        def grpc_client():
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(
+                grpc.insecure_channel(f"127.0.0.1:{grpc_port}"))
+            for i in itertools.count():
+                if stop.is_set():
+                    return
+                request = predict_pb2.PredictRequest()
+                request.model_spec.name, request.model_spec.signature_name = "sentiment", "classify"
+                request.inputs["texts"].CopyFrom(tf.make_tensor_proto([TEXTS[i % len(TEXTS)]]))
+                try:
+                    stub.Predict(request, timeout=60)
+                    count("valid")
+                except grpc.RpcError as error:
+                    count("5xx" if error.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
+                          else "lost" if error.code() == grpc.StatusCode.UNAVAILABLE else "4xx")
+
+        def slow_client():  # half a request line, then silence: the server must hang up
+            while not stop.is_set():
+                sock = socket.create_connection(("127.0.0.1", rest_port), timeout=120)
+                sock.sendall(b"POST /v1/models/sentiment:pre")
+                count("slow open")
+                try:
+                    closed = sock.recv(1) == b""
+                except OSError:
+                    closed = True
+                sock.close()
+                if closed:
+                    count("slow closed")
+
+        threads = ([threading.Thread(target=rest_client, args=(False,)) for _ in range(3)]
+                   + [threading.Thread(target=rest_client, args=(True,)),
+                      threading.Thread(target=grpc_client)]
+                   + [threading.Thread(target=slow_client) for _ in range(20)])
+        for thread in threads:
+            thread.start()
+        seconds = args.minutes * 60
+        time.sleep(min(30, seconds / 10))
+        warm_rss = rss_mib(process.pid)
+        print(f"after warm-up: server RSS {warm_rss:.0f} MiB", flush=True)
+        time.sleep(seconds / 3)
+        keras.utils.set_random_seed(1)
+        export_models(base / "v2")  # a new version of the classifier: saved_models/sentiment/2
+        shutil.copytree(base / "v2" / "sentiment" / "1", base / "sentiment" / ".incoming")
+        (base / "sentiment" / ".incoming").rename(base / "sentiment" / "2")
+        print("exported version 2", flush=True)
+        time.sleep(seconds / 6)
+        corrupt = base / "sentiment" / "3"
+        shutil.copytree(base / "sentiment" / "2", corrupt)
+        data = (corrupt / "saved_model.pb").read_bytes()
+        (corrupt / "saved_model.pb").write_bytes(data[: len(data) // 2])  # a truncated copy
+        print("dropped a corrupt version 3", flush=True)
+        time.sleep(max(0, seconds - seconds / 2 - min(30, seconds / 10)))
+        stop.set()
+        end_rss = rss_mib(process.pid)
+        connection = http.client.HTTPConnection("127.0.0.1", rest_port, timeout=60)
+        connection.request("GET", "/v1/models/sentiment")
+        status = json.loads(connection.getresponse().read())
+        for thread in threads:
+            thread.join(150)
+        process.terminate()
+        process.wait()
+        print(f"{args.minutes:g} minutes: {json.dumps(counts)}")
+        print(f"server RSS after warm-up {warm_rss:.0f} MiB, at the end {end_rss:.0f} MiB "
+              f"({(end_rss / warm_rss - 1):+.1%})")
+        print("version status at the end:", json.dumps(status))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=["requests", "tokenizers", "warmup", "load"], default="requests")
+    parser.add_argument("--part", choices=["requests", "tokenizers", "warmup", "soak", "load"],
+                        default="requests")
+    parser.add_argument("--minutes", type=float, default=10, help="the soak's length")
     parser.add_argument("--requests", type=int, default=2000, help="the most requests a case")
     parser.add_argument("--seconds", type=float, default=15, help="the most seconds a case")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
@@ -342,7 +480,7 @@ def main():
     parser.add_argument("--signature", help=argparse.SUPPRESS)
     args = parser.parse_args()
     parts = {"requests": requests_part, "tokenizers": tokenizers_part, "warmup": warmup_part,
-             "load": load_part}
+             "soak": soak_part, "load": load_part}
     parts[args.part](args)
 
 
