@@ -163,3 +163,6 @@ def test_tflm_serve_replays_the_warmup_requests_at_load(gpt, tmp_path):
     server = Server(tmp_path / "model", "model", host="127.0.0.1", rest_api_port=0, port=None)
     with pytest.raises(RuntimeError, match="top_p must be above 0"):  # its only version failed
         server.start()
+    [status] = server.versions.status()
+    assert status["state"] == "END"
+    assert status["status"]["error_message"].endswith("InvalidArgumentError: top_p must be above 0")

@@ -31,7 +31,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from tflm.export.audit import read_warmup_requests
-from tflm.export.predict import RequestError
+from tflm.export.predict import RequestError, error_message
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +181,8 @@ class ModelVersions:
 
     def _relative(self, error):
         """The error's message with version folders named relative to the base path."""
-        message = error.message if isinstance(error, tf.errors.OpError) else str(error)
+        # a TensorFlow error (a failing warm-up request): its own text, not TF's preamble
+        message = error_message(error) if isinstance(error, tf.errors.OpError) else str(error)
         return message.replace(str(self._root) + os.sep, "")
 
     def _scan(self):
