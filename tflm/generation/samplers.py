@@ -32,7 +32,7 @@ def gumbel_noise(seed, step, shape):
     place in the batch, and equals that of a batch of one with that seed."""
     rows, columns = shape
     key = _mix(_mix(ops.cast(seed, "uint32")) + ops.cast(step, "uint32"))
-    row = ops.arange(rows) if len(ops.shape(seed)) == 0 else ops.zeros((rows,), "int32")
+    row = ops.arange(rows) if ops.ndim(seed) == 0 else ops.zeros((rows,), "int32")
     row_keys = _mix(key + _mix(ops.cast(row, "uint32")))  # (B,)
     columns_keys = ops.multiply(ops.cast(ops.arange(columns), "uint32"), ops.cast(0x9E3779B9, "uint32"))
     bits = _mix(row_keys[:, None] + columns_keys[None, :])
