@@ -95,10 +95,12 @@ def test_long_prompts_are_cut_and_bad_settings_are_errors(gpt, gpt_export):
 def test_export_from_the_shell(gpt, tmp_path):
     gpt.save(tmp_path / "model.keras")
     result = subprocess.run([sys.executable, "-m", "tflm", "export", "--model", str(tmp_path / "model.keras"),
-                             "--name", "shakespeare", "--base-path", str(tmp_path / "saved")],
+                             "--name", "shakespeare", "--base-path", str(tmp_path / "saved"),
+                             "--warmup-batch-size", "1", "--check"],
                             capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "saved" / "shakespeare" / "1" / "saved_model.pb").is_file()
+    assert "all in core TensorFlow; loads and answers 3 warm-up requests" in result.stdout
     result = subprocess.run([sys.executable, "-m", "tflm", "export", "--model", str(tmp_path / "model.keras"),
                              "--name", "../escape", "--base-path", str(tmp_path / "saved")],
                             capture_output=True, text=True, timeout=300, cwd=ROOT)
