@@ -56,6 +56,17 @@ def run_in_core_tensorflow(code):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def graph_op_types(function, spec):
+    """The op types of `function` traced for `spec`: its graph and every function it calls."""
+    import tensorflow as tf
+
+    graph = tf.function(function).get_concrete_function(spec).graph.as_graph_def()
+    types = {node.op for node in graph.node}
+    for library_function in graph.library.function:
+        types |= {node.op for node in library_function.node_def}
+    return types
+
+
 def random_ids(shape, vocab_size, seed=0):
     """Token ids drawn uniformly from `range(vocab_size)`, int32."""
     return np.random.default_rng(seed).integers(0, vocab_size, size=shape).astype("int32")

@@ -2,6 +2,7 @@
 
 import keras
 import pytest
+import tensorflow as tf
 
 import tflm
 from tflm.models import Classifier, Encoder
@@ -27,3 +28,17 @@ def classifier():
     model = Classifier(encoder, 2, label_names=["negative", "positive"], tokenizer=tokenizer)
     model.build({"token_ids": (None, 8), "padding_mask": (None, 8)})
     return model
+
+
+@pytest.fixture(scope="module")
+def models(gpt, classifier, tmp_path_factory):
+    """The two models exported and loaded back: {"gpt": ..., "classifier": ...}."""
+    from tflm.export import saved_model
+
+    base = tmp_path_factory.mktemp("saved_models")
+    return {
+        "gpt": tf.saved_model.load(str(saved_model(gpt, base / "gpt", max_new_tokens=6,
+                                                   warmup_batch_size=1))),
+        "classifier": tf.saved_model.load(str(saved_model(classifier, base / "classifier",
+                                                          warmup_batch_size=1))),
+    }

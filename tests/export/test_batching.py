@@ -9,7 +9,6 @@ import pytest
 import tensorflow as tf
 
 from tests.export.helpers import Versions, generate_inputs, strings
-from tflm.export import saved_model
 from tflm.export.batching import Batcher, BatchingParameters
 from tflm.export.predict import Predictor, RequestError
 
@@ -224,17 +223,6 @@ class GatedModel:
         self.signatures = {name: lambda **tensors: self.gated(tensors)}
         self.signatures[name].structured_input_signature = real.structured_input_signature
         self.signatures[name].structured_outputs = real.structured_outputs
-
-
-@pytest.fixture(scope="module")
-def models(gpt, classifier, tmp_path_factory):
-    base = tmp_path_factory.mktemp("saved_models")
-    return {
-        "gpt": tf.saved_model.load(str(saved_model(gpt, base / "gpt", max_new_tokens=6,
-                                                   warmup_batch_size=1))),
-        "classifier": tf.saved_model.load(str(saved_model(classifier, base / "classifier",
-                                                          warmup_batch_size=1))),
-    }
 
 
 def predict_all(model, signature, requests):

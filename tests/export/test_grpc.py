@@ -11,21 +11,9 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      prediction_service_pb2_grpc)
 
 from tests.export.helpers import Versions
-from tflm.export import saved_model
 from tflm.export.batching import BatchingParameters
 from tflm.export.grpc_service import add_services
 from tflm.export.predict import Predictor
-
-
-@pytest.fixture(scope="module")
-def models(gpt, classifier, tmp_path_factory):
-    base = tmp_path_factory.mktemp("saved_models")
-    return {
-        "gpt": tf.saved_model.load(str(saved_model(gpt, base / "gpt", max_new_tokens=6,
-                                                   warmup_batch_size=1))),
-        "classifier": tf.saved_model.load(str(saved_model(classifier, base / "classifier",
-                                                          warmup_batch_size=1))),
-    }
 
 
 def serve(name, versions, predictor):

@@ -7,20 +7,8 @@ import pytest
 import tensorflow as tf
 
 from tests.export.helpers import Versions, generate_inputs, strings
-from tflm.export import saved_model
 from tflm.export.predict import (Predictor, RequestError, parse_json, signature_specs, to_json,
                                  to_numpy)
-
-
-@pytest.fixture(scope="module")
-def models(gpt, classifier, tmp_path_factory):
-    base = tmp_path_factory.mktemp("saved_models")
-    return {
-        "gpt": tf.saved_model.load(str(saved_model(gpt, base / "gpt", max_new_tokens=6,
-                                                   warmup_batch_size=1))),
-        "classifier": tf.saved_model.load(str(saved_model(classifier, base / "classifier",
-                                                          warmup_batch_size=1))),
-    }
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tflm.data.corpora import tiny_shakespeare
-from tests.helpers import run_in_core_tensorflow, tiny_gpt
+from tests.helpers import graph_op_types, run_in_core_tensorflow, tiny_gpt
 from tflm.tokenizers import BPETokenizer, train_bpe
 from tflm.tokenizers.bpe import GPT2_SPLIT, bytes_to_unicode
 
@@ -182,15 +182,8 @@ def test_detokenize_gives_back_any_unicode_text(multilingual):
 
 def test_graph_uses_only_core_tensorflow_ops(tokenizer):
     # tensorflow-text's ops are not in tf.raw_ops; a cache would need a mutable table
-    def op_types(function, spec):
-        graph = tf.function(function).get_concrete_function(spec).graph.as_graph_def()
-        types = {node.op for node in graph.node}
-        for library_function in graph.library.function:
-            types |= {node.op for node in library_function.node_def}
-        return types
-
-    types = op_types(tokenizer.tokenize, tf.TensorSpec([None], tf.string))
-    types |= op_types(tokenizer.detokenize, tf.RaggedTensorSpec([None, None], tf.int32))
+    types = graph_op_types(tokenizer.tokenize, tf.TensorSpec([None], tf.string))
+    types |= graph_op_types(tokenizer.detokenize, tf.RaggedTensorSpec([None, None], tf.int32))
     assert {"StaticRegexReplace", "While", "LookupTableFindV2"} <= types
     assert sorted(t for t in types if t not in dir(tf.raw_ops)) == []
     assert [t for t in types if "Mutable" in t or "Insert" in t] == []

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import run_in_core_tensorflow
+from tests.helpers import graph_op_types, run_in_core_tensorflow
 from tflm.data.corpora import tiny_shakespeare
 from tflm.models import Classifier, Encoder
 from tflm.tokenizers import WordPieceTokenizer
@@ -200,19 +200,12 @@ def test_detokenize_is_tensorflow_texts(minilm_vocabulary):
 
 def test_graph_uses_only_core_tensorflow_ops(minilm_vocabulary):
     # tensorflow-text's ops (CaseFoldUTF8, FastWordpieceTokenizeWithOffsets...) are not in raw_ops
-    def op_types(function, spec):
-        graph = tf.function(function).get_concrete_function(spec).graph.as_graph_def()
-        types = {node.op for node in graph.node}
-        for library_function in graph.library.function:
-            types |= {node.op for node in library_function.node_def}
-        return types
-
     for lowercase in (True, False):
         tokenizer = WordPieceTokenizer(str(minilm_vocabulary), lowercase=lowercase)
-        types = op_types(tokenizer.tokenize, tf.TensorSpec([None], tf.string))
-        types |= op_types(tokenizer.tokenize, tf.TensorSpec([], tf.string))
-        types |= op_types(tokenizer.detokenize, tf.RaggedTensorSpec([None, None], tf.int32))
-        types |= op_types(tokenizer.detokenize, tf.TensorSpec([None], tf.int32))
+        types = graph_op_types(tokenizer.tokenize, tf.TensorSpec([None], tf.string))
+        types |= graph_op_types(tokenizer.tokenize, tf.TensorSpec([], tf.string))
+        types |= graph_op_types(tokenizer.detokenize, tf.RaggedTensorSpec([None, None], tf.int32))
+        types |= graph_op_types(tokenizer.detokenize, tf.TensorSpec([None], tf.int32))
         expected = {"UnicodeDecode", "StatelessWhile", "LookupTableFindV2", "UnsortedSegmentJoin"}
         assert expected <= types
         assert sorted(t for t in types if t not in dir(tf.raw_ops)) == []
