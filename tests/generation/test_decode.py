@@ -7,7 +7,7 @@ import pytest
 from keras import ops
 
 from tflm.generation import Beam, Greedy, Random, TopK, TopP
-from tflm.generation.decode import compiled_loops
+from tflm.generation.decode import compiled_loops, make_decode_loop
 
 
 def full_forward_greedy(model, prompt, steps):
@@ -101,6 +101,22 @@ def test_compiles_once_per_length_bucket(make_gpt):
     assert len(compiled_loops(model)) == 1
     model.generate([[1, 2], [3]], 5)  # another batch size
     assert len(compiled_loops(model)) == 2
+
+
+@pytest.mark.parametrize("block, lengths", [(4, [11, 9]), (12, [14, 13])])
+def test_prompts_filled_in_blocks_decode_as_one_token_at_a_time(make_gpt, block, lengths):
+    """Prompts longer than a prefill block; with 12 the second block moves back to end at S."""
+    model = make_gpt()
+    buffer = np.zeros((2, 16), "int32")
+    for i, n in enumerate(lengths):
+        buffer[i, :n] = np.random.default_rng(i).integers(0, 11, n)
+    new, stops = 16 - max(lengths), np.full([8], -1, "int32")
+    run = lambda prefill: ops.convert_to_numpy(make_decode_loop(model, Greedy(), prefill)(  # noqa: E731
+        buffer, np.array(lengths, "int32"), np.int32(new), np.int32(0), stops)[0])
+    blocks = run(block)
+    np.testing.assert_array_equal(blocks, run(1))
+    for i, n in enumerate(lengths):
+        assert blocks[i, n:n + new].tolist() == full_forward_greedy(model, buffer[i, :n], new)
 
 
 def test_streaming_yields_what_generate_returns(make_gpt):

@@ -1,7 +1,8 @@
 """The cached decode loop, compiled once per (batch, length bucket, sampler) and reused.
 
-One loop serves every sampler: the prompt (right-padded) fills the key/value cache in one
-call (a recurrent state, which would see the padding, is fed token by token instead), then
+One loop serves every sampler: the prompts (right-padded) fill the key/value cache in
+blocks of `prefill` tokens up to the shortest one (a recurrent state, which would see
+the padding, is fed token by token instead), then
 each step feeds one token through the model's own `call` with the cache and writes the
 chosen token into a preallocated buffer; rows whose prompt is longer keep their prompt
 tokens until they reach their own end. The whole loop is one XLA computation on
@@ -247,8 +248,9 @@ def make_decode_loop(model, sampler, prefill, num_beams=1):
     `max_new_tokens` and `seed` int32 scalars; `stops` (MAX_STOP_TOKENS,) int32 stop ids
     padded with -1. It returns `(tokens, scores)`: (N, S) prompts with their
     continuations (N = B * num_beams, the beams of a prompt next to each other) and the
-    (N,) beam scores. The first `prefill` positions are fed in one call when the model's
-    cache is positional; `generate` and the exported `generate` signature compile it
+    (N,) beam scores. When the model's cache is positional, the prompts fill it in blocks
+    of `prefill` tokens (at most S) up to the shortest prompt, a few calls that each run
+    `prefill` positions at once; `generate` and the exported `generate` signature compile it
     (`tf.function(jit_compile=True)` or `jax.jit`).
     """
     penalize = sampler.repetition_penalty != 1.0
@@ -261,8 +263,8 @@ def make_decode_loop(model, sampler, prefill, num_beams=1):
         lengths = ops.repeat(lengths, num_beams, axis=0)  # (N,)
         cache = model.init_cache(rows, total)
         if model.cache_is_positional:
-            _, cache = model(tokens[:, :prefill], cache=cache, cache_index=0)  # fill the cache
-            start = ops.minimum(ops.min(lengths), prefill)  # the first position not yet seen
+            cache = _prefill(model, tokens, cache, ops.min(lengths), prefill)
+            start = ops.min(lengths)  # the first position whose logits are needed
         else:
             start = 1  # the recurrent state must not see any row's padding: feed from the start
         in_prompt_position = ops.arange(total)[None, :] < lengths[:, None]  # (N, S)
@@ -318,6 +320,23 @@ def make_decode_loop(model, sampler, prefill, num_beams=1):
         return state.tokens, state.scores
 
     return loop
+
+
+def _prefill(model, tokens, cache, shortest, block):
+    """The cache filled with `tokens` (N, S) from position 0 up to `shortest`, `block` positions
+    a call (one static shape to compile). The last block is moved back to end at S, recomputing
+    positions already filled; positions past a row's prompt get its padding, which the step
+    that reaches them overwrites before any query can see them."""
+    rows, total = ops.shape(tokens)[0], ops.shape(tokens)[1]
+    blocks = (shortest + block - 1) // block
+
+    def fill(i, cache):
+        begin = ops.minimum(i * block, total - block)
+        _, cache = model(ops.slice(tokens, (0, begin), (rows, block)), cache=cache, cache_index=begin)
+        return i + 1, cache
+
+    _, cache = ops.while_loop(lambda i, cache: i < blocks, fill, (0, cache))
+    return cache
 
 
 def _beam_step(sampler, logits, state, in_prompt, batch, beams):
