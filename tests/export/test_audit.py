@@ -53,8 +53,8 @@ def test_gpt_exports_use_only_core_ops_and_answer_as_the_library_without_it(gpt_
     model, prompts, path = gpt_export
     report = audit.check(path)
     assert audit.problems(report) == [], report
-    assert report["signatures"] == ["generate", "logits", "serving_default"]
-    assert report["warmup_requests"] == 2 + 2 * 2  # two signatures, then batches 1, 2 x lengths 64, 70
+    assert report["signatures"] == ["generate", "generate_tokens", "logits", "serving_default"]
+    assert report["warmup_requests"] == 3 + 2 * 2  # three signatures, then batches 1, 2 x lengths 64, 70
 
     token_ids = np.random.default_rng(0).integers(0, model.vocab_size, (2, CONTEXT)).astype("int32")
     outputs = run_in_core_tensorflow(f"""
@@ -104,7 +104,7 @@ def test_the_warmup_file_is_tf_servings_and_covers_every_compiled_shape(gpt_expo
         lengths = tokenize_batch(model.tokenizer, inputs["prompts"]).row_lengths().numpy()
         end = int(max(lengths + inputs["max_new_tokens"]))
         shapes.add((len(inputs["prompts"]), min(-(-end // LENGTH_BUCKET) * LENGTH_BUCKET, CONTEXT)))
-    assert sorted(others) == ["logits", "serving_default"]
+    assert sorted(others) == ["generate_tokens", "logits", "serving_default"]
     # What a request compiles: its batch padded to a power of two, its length bucket.
     assert shapes == {(batch, total) for batch in (1, 2) for total in (64, CONTEXT)}
     assert [int(padded_batch(tf.constant(b))) for b in (1, 2, 3, 4, 5, 8, 9)] == [1, 2, 4, 4, 8, 8, 16]

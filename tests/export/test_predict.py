@@ -43,7 +43,7 @@ def test_outputs_equal_calling_the_signature(models, gpt_predictor, classifier_p
 
 def test_signature_specs_list_inputs_and_outputs(models):
     specs = signature_specs(models["gpt"])
-    assert set(specs) == {"serving_default", "generate", "logits"}
+    assert set(specs) == {"serving_default", "generate", "generate_tokens", "logits"}
     inputs, outputs = specs["logits"]
     assert inputs["token_ids"].dtype == tf.int32
     assert inputs["token_ids"].shape.as_list() == [None, None]

@@ -54,6 +54,34 @@ def test_gpt_export_matches_the_library_in_a_process_without_tflm(gpt, gpt_expor
     np.testing.assert_allclose(outputs["logits"], keras.ops.convert_to_numpy(gpt(token_ids)), atol=1e-5)
 
 
+def test_generate_tokens_in_steps_produces_what_generate_does(gpt, gpt_export):
+    """The streaming signature, fed back its own ids a few at a time, for three prompts at once."""
+    model = tf.saved_model.load(str(gpt_export))
+    n, budget = len(PROMPTS), 20
+    settings = {k: tf.constant(v) for k, v in generate_inputs(n, budget, 1.0, 0, 0.9, 3).items()}
+    generated, text, done, calls = [[] for _ in PROMPTS], [b""] * n, np.zeros(n, bool), 0
+    while not done.all():
+        steps = min(1 << calls, budget - max(map(len, generated)))  # 1, 2, 4, 8, then the rest
+        token_ids = tf.ragged.constant(generated, tf.int32, inner_shape=()).to_tensor(-1)
+        out = model.signatures["generate_tokens"](
+            prompts=tf.constant(PROMPTS), token_ids=token_ids, steps=tf.fill([n], steps), **settings)
+        for i in np.flatnonzero(~done):
+            generated[i] += [t for t in out["token_ids"].numpy()[i].tolist() if t >= 0]
+            text[i] += out["text"].numpy()[i]
+        done |= out["done"].numpy()
+        calls += 1
+    expected = model.signatures["generate"](prompts=tf.constant(PROMPTS), **settings)["completions"]
+    assert text == expected.numpy().tolist() and calls > 3
+    assert [gpt.tokenizer.detokenize(ids) for ids in generated] == text
+    bad = dict(prompts=tf.constant(PROMPTS[:1]), **{k: v[:1] for k, v in settings.items()})
+    for token_ids, steps, message in [([[1] * 19], [2], "token_ids and steps exceed max_new_tokens"),
+                                      ([[-1]], [0], "steps must be at least 1"),
+                                      ([[65, -1]], [1], "not below the vocabulary size 65")]:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            model.signatures["generate_tokens"](**bad, token_ids=tf.constant(token_ids),
+                                                steps=tf.constant(steps))
+
+
 def test_versions_count_up_and_are_never_overwritten(gpt, tmp_path):
     base = tmp_path / "model"
     assert saved_model(gpt, base) == base / "1"
@@ -68,7 +96,7 @@ def test_saved_model_cli_lists_the_signatures(gpt_export):
     result = subprocess.run(["saved_model_cli", "show", "--dir", str(gpt_export), "--all"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    for name in ("serving_default", "generate", "logits"):
+    for name in ("serving_default", "generate", "generate_tokens", "logits"):
         assert f"signature_def['{name}']" in result.stdout
     for name in ("prompts", "max_new_tokens", "temperature", "top_k", "top_p", "seed",
                  "completions", "token_ids"):
@@ -100,7 +128,7 @@ def test_export_from_the_shell(gpt, tmp_path):
                             capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "saved" / "shakespeare" / "1" / "saved_model.pb").is_file()
-    assert "all in core TensorFlow; loads and answers 3 warm-up requests" in result.stdout
+    assert "all in core TensorFlow; loads and answers 4 warm-up requests" in result.stdout
     result = subprocess.run([sys.executable, "-m", "tflm", "export", "--model", str(tmp_path / "model.keras"),
                              "--name", "../escape", "--base-path", str(tmp_path / "saved")],
                             capture_output=True, text=True, timeout=300, cwd=ROOT)

@@ -12,6 +12,15 @@ GPT
                      temperature 0 is greedy; top_k 0 and top_p 1 switch those off.
     serving_default  prompts string [B] -> completions string [B]: greedy, the
                      `max_new_tokens` given at export.
+    generate_tokens  the steps of a streamed generation (`tflm serve`'s :generate_stream):
+                     prompts string [B], token_ids int32 [B, G] (the ids generated so
+                     far, -1 after a row's end), max_new_tokens int32 [B] (the whole
+                     budget), steps int32 [B], temperature, top_k, top_p, seed as above
+                     -> token_ids int32 [B, steps] (the next ids, -1 after a row's end),
+                     text string [B] (their bytes, which may end inside a character),
+                     done bool [B] (a stop token came, or max_new_tokens are generated).
+                     Calls that feed back what the earlier ones returned produce what
+                     one `generate` call does.
     logits           token_ids int32 [B, T] -> logits float32 [B, T, vocab_size];
                      T at most the context, ids below vocab_size
 Classifier
@@ -26,7 +35,8 @@ Every op in an export is one of core TensorFlow's (tokenizers included), so plai
 TensorFlow, its C++ and Java runtimes and stock TF Serving load it: no tflm, no
 tensorflow-text. `tflm export --check` proves it for an export (tflm/export/audit.py).
 
-The decode loop is compiled with XLA once for each (batch, length) shape it meets.
+The decode loop is compiled with XLA once for each (batch, length) shape it meets; it
+feeds the prompts LENGTH_BUCKET tokens a call, then one token a step.
 Batches are padded to a power of two, and lengths round up to a multiple of
 LENGTH_BUCKET, so a few shapes cover every request; the export writes one TF Serving
 warm-up request for each (assets.extra/tf_serving_warmup_requests), which TF Serving and
@@ -46,9 +56,6 @@ from tflm.generation.decode import LENGTH_BUCKET, MAX_STOP_TOKENS, make_decode_l
 from tflm.generation.samplers import PerRow
 from tflm.models import GPT, Classifier
 from tflm.tokenizers import tokenize_batch
-
-PREFILL = 16  # prompt tokens fed in one call before the token-by-token loop
-
 
 def saved_model(model, base_path, version=None, max_new_tokens=None, warmup_batch_size=8):
     """Export `model` (a GPT or Classifier with its tokenizer) as `base_path/<version>/`.
@@ -106,32 +113,56 @@ def _gpt_archive(model, max_new_tokens):
     eos = tokenizer.eos_token_id
     stops = tf.constant(([eos] if eos is not None else []) + [-1] * (MAX_STOP_TOKENS - (eos is not None)),
                         tf.int32)
+    prefill = min(LENGTH_BUCKET, context)  # every total length is a multiple of it, or the context
 
-    @tf.function(jit_compile=True)  # one XLA function both signatures call: one compilation a shape
+    @tf.function(jit_compile=True)  # one XLA function all signatures call: one compilation a shape
     def decode(buffer, lengths, max_new_tokens, seed, temperature, top_k, top_p):
-        loop = make_decode_loop(model, PerRow(temperature, top_k, top_p), PREFILL)
+        loop = make_decode_loop(model, PerRow(temperature, top_k, top_p), prefill)
         return loop(buffer, lengths, max_new_tokens, seed, stops)[0]
 
-    def generate(prompts, max_new_tokens, temperature, top_k, top_p, seed):
+    def continue_ids(prompts, generated, max_new_tokens, steps, temperature, top_k, top_p, seed):
+        """Up to `steps` more tokens after each prompt and its `generated` ids (ragged), which
+        together keep room for `max_new_tokens`: (new ids before a stop token, stopped)."""
         _check_settings(context, max_new_tokens, temperature, top_k, top_p)
-        ids = _prompt_ids(tokenizer, prompts, context - max_new_tokens)
+        ids = tf.concat([_prompt_ids(tokenizer, prompts, context - max_new_tokens), generated], axis=1)
         lengths = tf.cast(ids.row_lengths(), tf.int32)
-        ends = lengths + max_new_tokens
+        ends = lengths + steps
         total = tf.minimum(-(-tf.reduce_max(ends) // LENGTH_BUCKET) * LENGTH_BUCKET, context)
         batch = tf.shape(prompts)[0]
         buffer = ids.to_tensor(0, shape=tf.stack([tf.cast(batch, tf.int64), tf.cast(total, tf.int64)]))
         # Rows copied from the first pad the batch to a power of two (a row's tokens do
         # not depend on the others), so a few batch shapes compile.
         rows = tf.concat([tf.range(batch), tf.zeros([padded_batch(batch) - batch], tf.int32)], 0)
-        row_inputs = [buffer, lengths, max_new_tokens, seed, temperature, top_k, top_p]
+        row_inputs = [buffer, lengths, steps, seed, temperature, top_k, top_p]
         tokens = decode(*[tf.gather(x, rows) for x in row_inputs])[:batch]
         positions = tf.range(total)[None, :]
-        generated = (positions >= lengths[:, None]) & (positions < ends[:, None])
-        stopped = tf.reduce_any(tokens[..., None] == stops[None, None, :], axis=-1) & generated
+        new = (positions >= lengths[:, None]) & (positions < ends[:, None])
+        stopped = tf.reduce_any(tokens[..., None] == stops[None, None, :], axis=-1) & new
         first_stop = tf.where(tf.reduce_any(stopped, axis=1),
                               tf.argmax(tf.cast(stopped, tf.int32), axis=1, output_type=tf.int32), ends)
-        kept = tf.ragged.boolean_mask(tokens, generated & (positions < first_stop[:, None]))
+        kept = tf.ragged.boolean_mask(tokens, new & (positions < first_stop[:, None]))
+        return kept, tf.reduce_any(stopped, axis=1)
+
+    def generate(prompts, max_new_tokens, temperature, top_k, top_p, seed):
+        none = tf.RaggedTensor.from_row_lengths(tf.zeros([0], tf.int32), tf.zeros(tf.shape(prompts), tf.int64))
+        kept, _ = continue_ids(prompts, none, max_new_tokens, max_new_tokens, temperature, top_k,
+                               top_p, seed)
         return {"completions": tokenizer.detokenize(kept)}
+
+    def generate_tokens(prompts, token_ids, max_new_tokens, steps, temperature, top_k, top_p, seed):
+        generated = tf.RaggedTensor.from_tensor(token_ids, padding=-1)
+        count = tf.cast(generated.row_lengths(), tf.int32)
+        checks = [tf.debugging.assert_positive(steps, message="steps must be at least 1"),
+                  tf.debugging.assert_less_equal(count + steps, max_new_tokens,
+                                                 message="token_ids and steps exceed max_new_tokens"),
+                  *_check_ids(generated.flat_values, model.vocab_size)]
+        with tf.control_dependencies(checks):
+            generated = tf.identity(generated)
+        kept, stopped = continue_ids(prompts, generated, max_new_tokens, steps, temperature, top_k,
+                                     top_p, seed)
+        count += tf.cast(kept.row_lengths(), tf.int32)
+        return {"token_ids": kept.to_tensor(-1), "text": tokenizer.detokenize(kept),
+                "done": stopped | (count >= max_new_tokens)}
 
     def serving_default(prompts):
         batch = tf.shape(prompts)[0]
@@ -139,18 +170,22 @@ def _gpt_archive(model, max_new_tokens):
                         tf.zeros([batch], tf.int32), tf.ones([batch]), tf.zeros([batch], tf.int32))
 
     def logits(token_ids):
-        tf.debugging.assert_less_equal(tf.shape(token_ids)[1], context,
-                                       message=f"token_ids is longer than the context of {context}")
-        tf.debugging.assert_non_negative(token_ids, message="a token id is negative")
-        tf.debugging.assert_less(token_ids, model.vocab_size,
-                                 message=f"a token id is not below the vocabulary size {model.vocab_size}")
+        checks = [
+            tf.debugging.assert_less_equal(tf.shape(token_ids)[1], context,
+                                           message=f"token_ids is longer than the context of {context}"),
+            *_check_ids(token_ids, model.vocab_size)]
+        with tf.control_dependencies(checks):  # before the embedding's gather fails on its own
+            token_ids = tf.identity(token_ids)
         return {"logits": tf.cast(model(token_ids), tf.float32)}
 
     archive = _archive(model, tokenizer)
     rows = lambda dtype: tf.TensorSpec([None], dtype)  # noqa: E731
+    settings = [rows(tf.float32), rows(tf.int32), rows(tf.float32), rows(tf.int32)]
     archive.add_endpoint("serving_default", serving_default, [rows(tf.string)])
-    archive.add_endpoint("generate", generate, [rows(tf.string), rows(tf.int32), rows(tf.float32),
-                                                rows(tf.int32), rows(tf.float32), rows(tf.int32)])
+    archive.add_endpoint("generate", generate, [rows(tf.string), rows(tf.int32), *settings])
+    archive.add_endpoint("generate_tokens", generate_tokens, [
+        rows(tf.string), tf.TensorSpec([None, None], tf.int32), rows(tf.int32), rows(tf.int32),
+        *settings])
     archive.add_endpoint("logits", logits, [tf.TensorSpec([None, None], tf.int32)])
     return archive
 
@@ -173,7 +208,12 @@ def _gpt_warmup(model, batch_size):
     prompt = _warmup_prompt(model.tokenizer)
     totals = sorted({min(t, context) for t in range(LENGTH_BUCKET, context + LENGTH_BUCKET, LENGTH_BUCKET)})
     requests = [("serving_default", {"prompts": tf.constant([prompt])}),
-                ("logits", {"token_ids": tf.zeros([1, 1], tf.int32)})]
+                ("logits", {"token_ids": tf.zeros([1, 1], tf.int32)}),
+                ("generate_tokens", {
+                    "prompts": tf.constant([prompt]), "token_ids": tf.fill([1, 1], -1),
+                    "max_new_tokens": tf.constant([1]), "steps": tf.constant([1]),
+                    "temperature": tf.constant([0.0]), "top_k": tf.constant([0]),
+                    "top_p": tf.constant([1.0]), "seed": tf.constant([0])})]
     batch = 1
     while batch <= batch_size:
         for total in totals:  # a one-token prompt and total - 1 new tokens end at `total`
@@ -252,6 +292,12 @@ def _check_settings(context, max_new_tokens, temperature, top_k, top_p):
     tf.debugging.assert_non_negative(top_k, message="top_k must be at least 0")
     tf.debugging.assert_greater(top_p, 0.0, message="top_p must be above 0")
     tf.debugging.assert_less_equal(top_p, 1.0, message="top_p must be at most 1")
+
+
+def _check_ids(token_ids, vocab_size):
+    return [tf.debugging.assert_non_negative(token_ids, message="a token id is negative"),
+            tf.debugging.assert_less(token_ids, vocab_size,
+                                     message=f"a token id is not below the vocabulary size {vocab_size}")]
 
 
 def _prompt_ids(tokenizer, prompts, room):
