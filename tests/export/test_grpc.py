@@ -108,7 +108,7 @@ def test_metadata_lists_the_signatures(shakespeare):
     signatures = get_model_metadata_pb2.SignatureDefMap()
     assert response.metadata["signature_def"].Unpack(signatures)
     signatures = signatures.signature_def
-    assert set(signatures) == {"serving_default", "generate", "logits"}
+    assert set(signatures) == {"serving_default", "generate", "generate_tokens", "logits"}
     assert set(signatures["generate"].inputs) == {"prompts", "max_new_tokens", "temperature",
                                                   "top_k", "top_p", "seed"}
     assert signatures["generate"].inputs["top_p"].dtype == tf.float32.as_datatype_enum

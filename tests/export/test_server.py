@@ -1,6 +1,7 @@
 """`tflm serve` speaks TF Serving's REST API (https://www.tensorflow.org/tfx/serving/api_rest)
 and gRPC API, holds no thread per connection, and enforces its HTTP limits and timeouts."""
 
+import contextlib
 import http.client
 import json
 import random
@@ -109,7 +110,7 @@ def test_status_and_metadata(sentiment, shakespeare):
     assert status == 200
     assert answer["model_spec"] == {"name": "shakespeare", "signature_name": "", "version": "1"}
     signatures = answer["metadata"]["signature_def"]["signature_def"]
-    assert set(signatures) == {"serving_default", "generate", "logits"}
+    assert set(signatures) == {"serving_default", "generate", "generate_tokens", "logits"}
     assert signatures["generate"]["inputs"]["top_p"]["dtype"] == "DT_FLOAT"
     prompts = signatures["generate"]["inputs"]["prompts"]
     assert prompts["tensor_shape"]["dim"] == [{"size": "-1", "name": ""}]
@@ -149,6 +150,83 @@ def test_row_and_columnar_predictions_equal_the_signatures(sentiment, shakespear
     refused = {"signature_name": "generate", "instances": [dict(instances[0], top_p=0.0)]}
     status, answer = request(shakespeare, "POST", "/v1/models/shakespeare:predict", refused)
     assert status == 400 and answer["error"] == "top_p must be above 0"
+
+
+STREAM = "/v1/models/shakespeare:generate_stream"
+
+
+def read_events(stream):
+    """[(event name, JSON data)] of a server-sent event stream (a file of bytes), to its end."""
+    events = []
+    for block in stream.read().decode().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        if fields:
+            events.append((fields.get("event", "message"), json.loads(fields["data"])))
+    return events
+
+
+def test_generate_stream_sends_the_completion_piece_by_piece(shakespeare, exports):
+    settings = {"max_new_tokens": 30, "temperature": 1.0, "top_k": 0, "top_p": 0.9, "seed": 3}
+    connection = http.client.HTTPConnection("127.0.0.1", shakespeare.rest_api_port, timeout=120)
+    connection.request("POST", STREAM, body=json.dumps({"prompt": "ROMEO:", **settings}))
+    response = connection.getresponse()
+    assert response.status == 200
+    assert response.getheader("Content-Type").startswith("text/event-stream")
+    events = read_events(response)
+    connection.close()
+    generate = tf.saved_model.load(str(exports / "shakespeare" / "1")).signatures["generate"]
+    expected = generate(prompts=tf.constant(["ROMEO:"]),
+                        **{key: tf.constant([value]) for key, value in settings.items()})
+    pieces = [data["text"] for name, data in events[:-1] if name == "message"]
+    assert len(pieces) == len(events) - 1 > 3  # calls of 1, 2, 4, 8, 15 tokens
+    assert "".join(pieces) == expected["completions"].numpy()[0].decode()
+    assert events[-1] == ("end", {"generated_tokens": 30, "finish_reason": "length"})
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"prompt": "ROMEO:", "max_new_tokens": 8, "top_p": 0.0}, 400, "top_p must be above 0"),
+    ({"prompt": "ROMEO:"}, 400, "below the context of 48"),  # the default, 64
+    ({"prompt": "ROMEO:", "top_k": "5"}, 400, "takes numbers"),
+    ({"prompt": "ROMEO:", "beams": 2}, 400, "Unknown field 'beams'"),
+    ({"prompts": ["ROMEO:"]}, 400, "\"prompt\" string"),
+])
+def test_a_bad_stream_request_is_a_400_before_any_event(shakespeare, body, status, message):
+    got, answer = request(shakespeare, "POST", STREAM, body)
+    assert got == status and message in answer["error"]
+    assert request(shakespeare, "GET", STREAM)[0] == 405
+
+
+def test_a_client_that_disconnects_stops_its_stream(shakespeare, monkeypatch, capsys):
+    from tflm.export import rest
+
+    calls, run = [], rest.run_signature
+
+    def slow(function, tensors):  # a model slow enough for the client to leave mid-stream
+        calls.append(int(tensors["steps"][0]))
+        time.sleep(0.3)
+        return run(function, tensors)
+
+    monkeypatch.setattr(rest, "run_signature", slow)
+    sock, stream = connect(shakespeare)
+    body = json.dumps({"prompt": "ROMEO:", "max_new_tokens": 40}).encode()
+    sock.sendall(b"POST " + STREAM.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                 % (len(body), body))
+    while not stream.readline().startswith(b"data:"):  # the first piece
+        pass
+    stream.close()
+    sock.close()
+    logged = []
+
+    def stream_logged():
+        lines = ACCESS.finditer(capsys.readouterr().err)
+        logged.extend(m for m in lines if m["path"] == STREAM)
+        return logged
+
+    assert wait_for(stream_logged, 30)
+    made = len(calls)
+    time.sleep(1.0)
+    assert len(calls) == made <= 3  # of the 6 calls 40 tokens take
+    assert logged[0]["status"] == "499" and int(logged[0]["tokens"]) < 40
 
 
 VERSIONS = "/v1/models/sentiment/versions/"
@@ -438,7 +516,7 @@ def test_a_prediction_past_the_deadline_is_a_504(limited, monkeypatch):
 
 ACCESS = re.compile(r"access time=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z client=127\.0\.0\.1 "
                     r"method=(?P<method>\S+) path=(?P<path>\S+) status=(?P<status>\d+) "
-                    r"ms=\d+\.\d batch=(?P<batch>\S+)")
+                    r"ms=\d+\.\d batch=(?P<batch>\S+)(?: tokens=(?P<tokens>\d+))?")
 
 
 def test_one_access_log_line_per_request(sentiment, capsys):
@@ -454,8 +532,8 @@ def test_one_access_log_line_per_request(sentiment, capsys):
 
     assert wait_for(both_logged, 30)
     assert logged == [
-        {"method": "POST", "path": VERSIONS + "1:predict", "status": "200", "batch": "3"},
-        {"method": "GET", "path": VERSIONS + "7", "status": "404", "batch": "-"}]
+        {"method": "POST", "path": VERSIONS + "1:predict", "status": "200", "batch": "3", "tokens": None},
+        {"method": "GET", "path": VERSIONS + "7", "status": "404", "batch": "-", "tokens": None}]
 
 
 def metrics(port):
@@ -472,19 +550,32 @@ def metrics(port):
 
 
 def test_prometheus_metrics(sentiment, shakespeare):
-    ok = ("tflm_requests_total", (("signature", "classify"), ("status", "200")))
-    refused = ("tflm_requests_total", (("signature", "classify"), ("status", "400")))
-    latency = ("tflm_request_latency_seconds_count", (("signature", "classify"),))
+    ok = ("tflm_requests_total", (("api", "rest"), ("signature", "classify"), ("status", "200")))
+    refused = ("tflm_requests_total", (("api", "rest"), ("signature", "classify"), ("status", "400")))
+    latency = ("tflm_request_latency_seconds_count", (("api", "rest"), ("signature", "classify")))
+    grpc_ok = ("tflm_requests_total", (("api", "grpc"), ("signature", "classify"), ("status", "OK")))
+    grpc_refused = ("tflm_requests_total",
+                    (("api", "grpc"), ("signature", "classify"), ("status", "INVALID_ARGUMENT")))
     batches_of_4 = ("tflm_batch_size_bucket", (("le", "4.0"),))
     before = metrics(sentiment.rest_api_port)
     for texts in (["a"], ["a", "b", "c"], ["a"] * 5):
         request(sentiment, "POST", PREDICT, {"signature_name": "classify", "instances": texts})
     request(sentiment, "POST", PREDICT, {"signature_name": "classify", "instances": [1]})  # 400
+    with grpc.insecure_channel(f"127.0.0.1:{sentiment.port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        for texts in (["a", "b"], [1.0]):  # the second is refused
+            call = predict_pb2.PredictRequest()
+            call.model_spec.name, call.model_spec.signature_name = "sentiment", "classify"
+            call.inputs["texts"].CopyFrom(tf.make_tensor_proto(texts))
+            with contextlib.suppress(grpc.RpcError):
+                stub.Predict(call, timeout=60)
     after = metrics(sentiment.rest_api_port)
     assert after[ok] - before.get(ok, 0) == 3
     assert after[refused] - before.get(refused, 0) == 1
     assert after[latency] - before.get(latency, 0) == 4
-    assert after[batches_of_4] - before.get(batches_of_4, 0) == 2  # 1 and 3 rows; not 5
+    assert after[grpc_ok] - before.get(grpc_ok, 0) == 1
+    assert after[grpc_refused] - before.get(grpc_refused, 0) == 1
+    assert after[batches_of_4] - before.get(batches_of_4, 0) == 3  # 1, 3 and 2 rows; not 5
     assert after["tflm_model_versions", (("state", "AVAILABLE"), ("version", "1"))] == 1
     assert request(shakespeare, "GET", "/monitoring/prometheus/metrics")[0] == 404  # off
 
@@ -557,7 +648,7 @@ def test_tflm_serve_finishes_requests_under_way_on_sigterm(exports, tmp_path):
         process.wait()
     stderr.seek(0)
     logged = [m.groupdict() for m in ACCESS.finditer(stderr.read())]
-    assert {"method": "POST", "path": PREDICT, "status": "200", "batch": "1"} in logged
+    assert {"method": "POST", "path": PREDICT, "status": "200", "batch": "1", "tokens": None} in logged
 
 
 def test_tflm_serve_refuses_a_missing_path_and_a_bad_policy(tmp_path):

@@ -20,6 +20,7 @@ model name or a version not served, UNAVAILABLE when the batch queue is full.
 
 import functools
 import math
+import time
 
 import grpc
 import tensorflow as tf
@@ -34,16 +35,17 @@ from tflm.export.predict import RequestError, signature_specs
 MAX_ELEMENTS = 1 << 24
 
 
-def add_services(grpc_server, name, versions, predictor):
+def add_services(grpc_server, name, versions, predictor, metrics=None):
     """Register PredictionService and ModelService for the model `name` on `grpc_server`.
 
     `versions`: the served versions (`get(version)`, `status(version)`); `predictor`:
-    the Predictor that runs requests.
+    the Predictor that runs requests; `metrics`: the server's `Metrics`, which then count
+    each call (api "grpc", status the code's name).
     """
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        _PredictionService(name, versions, predictor), grpc_server)
+        _PredictionService(name, versions, predictor, metrics), grpc_server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-        _ModelService(name, versions), grpc_server)
+        _ModelService(name, versions, metrics), grpc_server)
 
 
 def signature_def_map(model):
@@ -62,15 +64,25 @@ def signature_def_map(model):
 
 
 def _answers(method):
-    """RequestError -> its gRPC code; any other exception -> INTERNAL."""
+    """RequestError -> its gRPC code; any other exception -> INTERNAL; each call counted in
+    `self.metrics` (when there are metrics) under its signature ("" when not a Predict)."""
     @functools.wraps(method)
     def wrapped(self, request, context):
+        began, code = time.perf_counter(), "OK"
         try:
             return method(self, request, context)
         except RequestError as error:
+            code = error.code
             context.abort(getattr(grpc.StatusCode, error.code), str(error))
         except Exception as error:  # a fault of the server, not of the request
+            code = "INTERNAL"
             context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}"[:1000])
+        finally:
+            if self.metrics is not None:
+                signature = ""
+                if method.__name__ == "Predict":
+                    signature = request.model_spec.signature_name or "serving_default"
+                self.metrics.request("grpc", signature, code, time.perf_counter() - began)
 
     return wrapped
 
@@ -99,8 +111,8 @@ def _to_numpy(proto, name):
 
 
 class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, name, versions, predictor):
-        self.name, self.versions, self.predictor = name, versions, predictor
+    def __init__(self, name, versions, predictor, metrics):
+        self.name, self.versions, self.predictor, self.metrics = name, versions, predictor, metrics
 
     @_answers
     def Predict(self, request, context):
@@ -108,6 +120,9 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         signature = request.model_spec.signature_name or "serving_default"
         inputs = {name: _to_numpy(proto, name) for name, proto in request.inputs.items()}
         number, outputs = self.predictor.predict(signature, inputs, version)
+        if self.metrics is not None and not self.metrics.batching:  # else the Batcher reports
+            rows = [len(array) for array in inputs.values() if array.ndim]
+            self.metrics.batch_size.observe(rows[0] if rows else 1)
         names = list(request.output_filter) or list(outputs)
         for name in names:
             if name not in outputs:
@@ -136,8 +151,8 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, name, versions):
-        self.name, self.versions = name, versions
+    def __init__(self, name, versions, metrics):
+        self.name, self.versions, self.metrics = name, versions, metrics
 
     @_answers
     def GetModelStatus(self, request, context):

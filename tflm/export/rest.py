@@ -4,6 +4,9 @@
     GET  /v1/models/NAME[/versions/N]/metadata   the signatures, as TF Serving lists them
     POST /v1/models/NAME[/versions/N]:predict    {"signature_name": ..., "instances": [...]}
                                                  or {"signature_name": ..., "inputs": ...}
+    POST /v1/models/NAME[/versions/N]:generate_stream
+                                                 {"prompt": ..., "max_new_tokens": ..., ...}:
+                                                 server-sent events (beyond TF Serving)
     GET  /monitoring/prometheus/metrics          Prometheus metrics (when monitoring is on)
 
 The row format ("instances") answers {"predictions": ...}, the columnar one ("inputs")
@@ -27,6 +30,7 @@ uvicorn.run(api, port=8501, http=functools.partial(Protocol, header_timeout=10.0
 """
 
 import asyncio
+import codecs
 import json
 import re
 import socket
@@ -34,23 +38,28 @@ import sys
 import time
 
 import h11
+import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from tensorflow.core.framework import types_pb2
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from tflm.export.predict import RequestError, parse_json, signature_specs, to_json, to_numpy
+from tflm.export.predict import (RequestError, parse_json, run_signature, signature_specs, to_json,
+                                 to_numpy)
 
 _ROUTE = re.compile(
     r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?"
-    r"(?:(?P<metadata>/metadata)|(?P<predict>:predict))?/?"
+    r"(?:(?P<metadata>/metadata)|(?P<predict>:predict)|(?P<stream>:generate_stream))?/?"
 )
+# A stream's settings and their defaults: those of the generate signature (greedy).
+STREAM_SETTINGS = {"max_new_tokens": 64, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0}
+STREAM_STEPS = (1, 2, 4, 8, 16)  # tokens a call: the first piece comes soon, then 16 a call
 _CLOSE = {"Connection": "close"}
 
 
@@ -104,12 +113,13 @@ class RestApi:
                 await self.app(scope, receive, send_and_note)
         finally:
             seconds = time.perf_counter() - began
+            status = 499 if state.get("disconnected") else status  # nginx's "client closed"
             if self.access_log:
                 path = scope.get("raw_path") or scope["path"].encode()
                 log_access(scope.get("client"), scope["method"], path.decode("latin-1"), status,
-                           seconds, state.get("batch"))
+                           seconds, state.get("batch"), state.get("tokens"))
             if self.metrics is not None:
-                self.metrics.request(state.get("signature", ""), status, seconds)
+                self.metrics.request("rest", state.get("signature", ""), status, seconds)
 
     # -- the routes -----------------------------------------------------------------------
 
@@ -130,6 +140,10 @@ class RestApi:
             # Writing large outputs (logits) as JSON is slow too: on the worker thread
             text = await self._run(lambda: json.dumps(self.predict(version, body, state)))
             return Response(text, 200, media_type="application/json")
+        if match["stream"]:
+            if method != "POST":
+                raise RequestError("Use POST for :generate_stream.", 405)
+            return await self.stream(version, body, request.scope["state"])
         if method != "GET":
             raise RequestError(f"Use GET for {path[:200]}.", 405)
         if match["metadata"]:
@@ -175,6 +189,71 @@ class RestApi:
             rows = len(next(iter(outputs.values())))
             return {"predictions": [{k: v[i] for k, v in outputs.items()} for i in range(rows)]}
         return {"outputs": next(iter(outputs.values())) if len(outputs) == 1 else outputs}
+
+    async def stream(self, version, body, state):
+        """A generation as server-sent events, run through the `generate_tokens` signature a
+        few tokens a call, so that the client dropping the connection stops it:
+
+            data: {"text": "piece"}                                (as many as come)
+            event: end
+            data: {"generated_tokens": 12, "finish_reason": "stop"}  ("length" at max_new_tokens)
+
+        A request the model refuses is a 400 before the stream starts; an error after it
+        is an `event: error` with {"error": ...}. Streams are not batched."""
+        request = parse_json(body)
+        if not isinstance(request, dict) or not isinstance(request.get("prompt"), str):
+            raise RequestError("A stream request is a JSON object with a \"prompt\" string.")
+        unknown = sorted(set(request) - {"prompt", *STREAM_SETTINGS})
+        if unknown:
+            raise RequestError(f"Unknown field {unknown[0][:100]!r}; a stream request takes "
+                               f"\"prompt\" and {sorted(STREAM_SETTINGS)}.")
+        _, model = self.versions.get(version)
+        if "generate_tokens" not in model.signatures:
+            raise RequestError("This model cannot stream: it has no generate_tokens signature "
+                               "(export it again with this version of tflm).")
+        function = model.signatures["generate_tokens"]
+        state["signature"], state["batch"], state["tokens"] = "generate_tokens", 1, 0
+        specs = function.structured_input_signature[1]
+        inputs = {key: to_numpy([request.get(key, default)], specs[key], key)
+                  for key, default in STREAM_SETTINGS.items()}
+        inputs["prompts"] = to_numpy([request["prompt"]], specs["prompts"], "prompt")
+        budget, generated = int(inputs["max_new_tokens"][0]), []
+
+        def step(calls):
+            steps = min(STREAM_STEPS[min(calls, len(STREAM_STEPS) - 1)], max(budget - len(generated), 1))
+            token_ids = np.array([generated], np.int32).reshape(1, len(generated))
+            outputs = run_signature(function, {**inputs, "token_ids": token_ids,
+                                               "steps": np.array([steps], np.int32)})
+            new = [t for t in outputs["token_ids"][0].tolist() if t >= 0]
+            generated.extend(new)
+            state["tokens"] = len(generated)
+            return outputs["text"][0], bool(outputs["done"][0])
+
+        first = await self._run(lambda: step(0))  # a bad setting is still a plain 400
+
+        async def events():
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            piece, done = first
+            calls = 1
+            try:
+                while True:
+                    text = decoder.decode(piece, final=done)
+                    if text:
+                        yield _event({"text": text})
+                    if done:
+                        break
+                    piece, done = await self._run(lambda: step(calls))
+                    calls += 1
+                reason = "length" if len(generated) >= budget else "stop"
+                yield _event({"generated_tokens": len(generated), "finish_reason": reason}, "end")
+            except RequestError as error:
+                yield _event({"error": str(error)}, "error")
+            except asyncio.CancelledError:  # the client went away: no more calls
+                state["disconnected"] = True
+                raise
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     def metadata(self, version):
         number, model = self.versions.get(version)
@@ -228,18 +307,21 @@ class RestApi:
             raise RequestError(message, 504) from None
 
 
-def log_access(client, method, path, status, seconds, batch=None):
+def log_access(client, method, path, status, seconds, batch=None, tokens=None):
     """One access-log line on stderr, fields in a fixed order, values without spaces:
 
         access time=2025-01-31T12:00:00.123Z client=127.0.0.1 method=POST
             path=/v1/models/sentiment:predict status=200 ms=4.2 batch=2   (one line)
+
+    A stream adds tokens=N, the tokens it generated; one the client dropped is status=499.
     """
     now = time.time()
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
     host = client[0] if client else "-"
     batch = "-" if batch is None else batch
+    tokens = "" if tokens is None else f" tokens={tokens}"
     print(f"access time={stamp} client={host} method={method} path={path[:300]} status={status} "
-          f"ms={seconds * 1000:.1f} batch={batch}", file=sys.stderr, flush=True)
+          f"ms={seconds * 1000:.1f} batch={batch}{tokens}", file=sys.stderr, flush=True)
 
 
 class Protocol(H11Protocol):
@@ -309,9 +391,12 @@ class Protocol(H11Protocol):
 class Metrics:
     """The server's Prometheus metrics, in a registry of their own.
 
-    tflm_requests_total{signature, status}     REST requests by signature ("" when not a
-                                               prediction) and HTTP status
-    tflm_request_latency_seconds{signature}    their latency (histogram)
+    tflm_requests_total{api, signature, status}
+                                               requests by API ("rest", "grpc"), signature
+                                               ("" when not a prediction) and status (the
+                                               HTTP status, or the gRPC code's name)
+    tflm_request_latency_seconds{api, signature}
+                                               their latency (histogram)
     tflm_batch_size                            rows per run of a signature (merged batches
                                                when batching is on)
     tflm_batch_queue_depth                     requests waiting for a batch (batching on)
@@ -321,10 +406,10 @@ class Metrics:
     def __init__(self, versions, batcher=None):
         self.registry = CollectorRegistry()
         self.batching = batcher is not None
-        self.requests = Counter("tflm_requests", "REST requests by signature and HTTP status.",
-                                ["signature", "status"], registry=self.registry)
-        self.latency = Histogram("tflm_request_latency_seconds", "REST request latency.",
-                                 ["signature"], registry=self.registry)
+        self.requests = Counter("tflm_requests", "Requests by API, signature and status.",
+                                ["api", "signature", "status"], registry=self.registry)
+        self.latency = Histogram("tflm_request_latency_seconds", "Request latency.",
+                                 ["api", "signature"], registry=self.registry)
         self.batch_size = Histogram("tflm_batch_size", "Rows per run of a signature.",
                                     buckets=[2 ** i for i in range(11)], registry=self.registry)
         if batcher is not None:
@@ -332,9 +417,9 @@ class Metrics:
                   registry=self.registry).set_function(batcher.queue_depth)
         self.registry.register(_VersionStates(versions))
 
-    def request(self, signature, status, seconds):
-        self.requests.labels(signature, str(status)).inc()
-        self.latency.labels(signature).observe(seconds)
+    def request(self, api, signature, status, seconds):
+        self.requests.labels(api, signature, str(status)).inc()
+        self.latency.labels(api, signature).observe(seconds)
 
 
 class _VersionStates:
@@ -353,6 +438,11 @@ class _VersionStates:
 
 
 # -- answers -------------------------------------------------------------------------------
+
+def _event(answer, name=None):
+    """One server-sent event carrying `answer` as JSON."""
+    return (f"event: {name}\n" if name else "") + f"data: {json.dumps(answer)}\n\n"
+
 
 def _json(status, answer, headers=None):
     return Response(json.dumps(answer), status, headers, media_type="application/json")

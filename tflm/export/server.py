@@ -160,7 +160,7 @@ class Server:
             concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="tflm-grpc"),
             options=[("grpc.max_receive_message_length", self.max_body_bytes),
                      ("grpc.so_reuseport", 0)])  # a port in use is an error, not shared
-        add_services(self._grpc, self.name, self.versions, self.predictor)
+        add_services(self._grpc, self.name, self.versions, self.predictor, self.metrics)
         host = f"[{self.host}]" if ":" in self.host else self.host
         try:
             self.port = self._grpc.add_insecure_port(f"{host}:{self.port}")
