@@ -17,8 +17,12 @@
     and the server's RSS at the end is compared with after warm-up.
 --part warmup: `tflm serve` started on a shakespeare-char export with and without its
     TF Serving warm-up file: time to listen, first and second request.
+--part stream: the shakespeare-char GPT (random weights, context 256) continuing a short
+    and a long prompt by 200 tokens, through `:generate_stream` (time to the first piece and
+    to the end) next to one `generate` request with the same settings (median of 5).
 
-    python benchmarks/serving.py [--part requests|tokenizers|warmup] [--requests 2000] [--seconds 15]
+    python benchmarks/serving.py [--part requests|tokenizers|warmup|soak|stream] [--requests 2000]
+                                 [--seconds 15]
 """
 
 import argparse
@@ -336,6 +340,44 @@ def warmup_part(args):
             print(f"{name:<22} {listening:11.1f} {times[0]:13.2f} {times[1]:13.2f}", flush=True)
 
 
+def stream_part(args):
+    settings = {"max_new_tokens": 200, "temperature": 0.8, "top_k": 40, "top_p": 1.0, "seed": 1}
+    with tempfile.TemporaryDirectory() as tmp:
+        keras.utils.set_random_seed(0)
+        gpt = tflm.GPT.from_preset("shakespeare-char")
+        gpt.build((None, 128))
+        base = Path(tmp) / "shakespeare"
+        saved_model(gpt, base)
+        process, port, _ = serve(base)
+        try:
+            print(f"{'prompt':<16} {'generate s':>10} {'stream: first piece s':>21} {'stream: end s':>13}")
+            prompts = [("16 characters", "ROMEO: What, ho!"),
+                       ("55 characters", "ROMEO: But soft, what light through yonder window breaks")]
+            for name, prompt in prompts:
+                whole, first, end = [], [], []
+                for _ in range(5):
+                    began = time.perf_counter()
+                    post(port, "/v1/models/shakespeare:predict", {"signature_name": "generate",
+                         "instances": [{"prompts": prompt, **settings}]})
+                    whole.append(time.perf_counter() - began)
+                    began = time.perf_counter()
+                    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+                    connection.request("POST", "/v1/models/shakespeare:generate_stream",
+                                       body=json.dumps({"prompt": prompt, **settings}).encode())
+                    response = connection.getresponse()
+                    while not response.readline().startswith(b"data:"):
+                        pass
+                    first.append(time.perf_counter() - began)
+                    response.read()
+                    end.append(time.perf_counter() - began)
+                    connection.close()
+                print(f"{name:<16} {np.median(whole):10.3f} {np.median(first):21.3f} "
+                      f"{np.median(end):13.3f}", flush=True)
+        finally:
+            process.terminate()
+            process.wait()
+
+
 def rss_mib(pid):
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -468,7 +510,7 @@ def soak_part(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=["requests", "tokenizers", "warmup", "soak", "load"],
+    parser.add_argument("--part", choices=["requests", "tokenizers", "warmup", "soak", "stream", "load"],
                         default="requests")
     parser.add_argument("--minutes", type=float, default=10, help="the soak's length")
     parser.add_argument("--requests", type=int, default=2000, help="the most requests a case")
@@ -480,7 +522,7 @@ def main():
     parser.add_argument("--signature", help=argparse.SUPPRESS)
     args = parser.parse_args()
     parts = {"requests": requests_part, "tokenizers": tokenizers_part, "warmup": warmup_part,
-             "soak": soak_part, "load": load_part}
+             "soak": soak_part, "stream": stream_part, "load": load_part}
     parts[args.part](args)
 
 

@@ -178,7 +178,7 @@ def test_generate_stream_sends_the_completion_piece_by_piece(shakespeare, export
     expected = generate(prompts=tf.constant(["ROMEO:"]),
                         **{key: tf.constant([value]) for key, value in settings.items()})
     pieces = [data["text"] for name, data in events[:-1] if name == "message"]
-    assert len(pieces) == len(events) - 1 > 3  # calls of 1, 2, 4, 8, 15 tokens
+    assert len(pieces) == len(events) - 1 > 3  # calls of 1, 2, 4, 8, 15 tokens (or smaller)
     assert "".join(pieces) == expected["completions"].numpy()[0].decode()
     assert events[-1] == ("end", {"generated_tokens": 30, "finish_reason": "length"})
 
@@ -225,7 +225,7 @@ def test_a_client_that_disconnects_stops_its_stream(shakespeare, monkeypatch, ca
     assert wait_for(stream_logged, 30)
     made = len(calls)
     time.sleep(1.0)
-    assert len(calls) == made <= 3  # of the 6 calls 40 tokens take
+    assert len(calls) == made <= 3  # of 40: at 0.3 s a call, each call makes 1 token
     assert logged[0]["status"] == "499" and int(logged[0]["tokens"]) < 40
 
 

@@ -59,7 +59,10 @@ _ROUTE = re.compile(
 )
 # A stream's settings and their defaults: those of the generate signature (greedy).
 STREAM_SETTINGS = {"max_new_tokens": 64, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0}
-STREAM_STEPS = (1, 2, 4, 8, 16)  # tokens a call: the first piece comes soon, then 16 a call
+# Tokens a stream's call: 1 first (the first piece comes soon), then twice as many each
+# call, up to what takes about STREAM_CALL_SECONDS at the speed measured so far: few calls
+# for a fast model (each call has a fixed cost), steady pieces for a slow one.
+STREAM_CALL_SECONDS, MAX_STREAM_STEPS = 0.1, 64
 _CLOSE = {"Connection": "close"}
 
 
@@ -219,22 +222,22 @@ class RestApi:
         inputs["prompts"] = to_numpy([request["prompt"]], specs["prompts"], "prompt")
         budget, generated = int(inputs["max_new_tokens"][0]), []
 
-        def step(calls):
-            steps = min(STREAM_STEPS[min(calls, len(STREAM_STEPS) - 1)], max(budget - len(generated), 1))
+        def step(steps):
+            """(bytes of the next `steps` tokens at most, done, seconds a token took)."""
+            began = time.perf_counter()
+            steps = min(steps, max(budget - len(generated), 1))
             token_ids = np.array([generated], np.int32).reshape(1, len(generated))
             outputs = run_signature(function, {**inputs, "token_ids": token_ids,
                                                "steps": np.array([steps], np.int32)})
-            new = [t for t in outputs["token_ids"][0].tolist() if t >= 0]
-            generated.extend(new)
+            generated.extend(t for t in outputs["token_ids"][0].tolist() if t >= 0)
             state["tokens"] = len(generated)
-            return outputs["text"][0], bool(outputs["done"][0])
+            return outputs["text"][0], bool(outputs["done"][0]), (time.perf_counter() - began) / steps
 
-        first = await self._run(lambda: step(0))  # a bad setting is still a plain 400
+        first = await self._run(lambda: step(1))  # a bad setting is still a plain 400
 
         async def events():
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            piece, done = first
-            calls = 1
+            (piece, done, seconds), steps = first, 1
             try:
                 while True:
                     text = decoder.decode(piece, final=done)
@@ -242,8 +245,8 @@ class RestApi:
                         yield _event({"text": text})
                     if done:
                         break
-                    piece, done = await self._run(lambda: step(calls))
-                    calls += 1
+                    steps = max(1, min(2 * steps, MAX_STREAM_STEPS, int(STREAM_CALL_SECONDS / seconds)))
+                    piece, done, seconds = await self._run(lambda: step(steps))
                 reason = "length" if len(generated) >= budget else "stop"
                 yield _event({"generated_tokens": len(generated), "finish_reason": reason}, "end")
             except RequestError as error:
