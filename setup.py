@@ -34,6 +34,9 @@ setup(
         "h11>=0.16",
         "starlette~=1.10",
         "prometheus-client",
+        # hf://owner/name model handles: downloads into the Hugging Face cache, with its
+        # token, offline mode, resumed downloads and progress bars.
+        "huggingface_hub>=0.24",
     ],
     extras_require={
         # Reading Hugging Face checkpoints (tflm.convert).

@@ -12,7 +12,6 @@ from tflm.models.attached_tokenizer import (
     deserialize_tokenizer,
     serialize_tokenizer,
 )
-from tflm.models.presets import resolve_preset
 
 
 class Backbone(keras.Model):
@@ -38,9 +37,36 @@ class Backbone(keras.Model):
         check_tokenizer(self.tokenizer, self.vocab_size)
 
     @classmethod
-    def from_preset(cls, name, **overrides):
-        """The named preset's architecture (fresh weights), with `overrides` applied."""
-        return cls(**resolve_preset(cls.presets, name, overrides))
+    def from_preset(cls, handle, **overrides):
+        """The model `handle` names, built (resolved by `tflm.hub`):
+
+        - a built-in preset name: the architecture, with fresh weights (`gpt2-124m` has
+          GPT-2's shapes, not its weights: those are `hf://openai-community/gpt2`);
+        - `hf://owner/name[@revision]`: a Hugging Face Hub repository, downloaded into
+          huggingface_hub's cache and imported;
+        - a local Hugging Face model directory, a directory written by `save_to_preset`,
+          or a `.keras` file.
+
+        `overrides` change configuration values: any of a preset's; for loaded weights,
+        those that keep the weights' shapes (dropout, dtype, remat).
+
+        Example:
+        >>> model = GPT.from_preset("hf://openai-community/gpt2", dropout=0.1)
+        >>> model.save_to_preset("gpt2-dropout")
+        >>> GPT.from_preset("gpt2-dropout")                         # the same model
+        """
+        from tflm import hub  # hub imports the model classes and tflm.convert: on use
+
+        return hub.load(handle, cls, **overrides)
+
+    def save_to_preset(self, directory, overwrite=False):
+        """Write the model into `directory`: config.json (its config), model.weights.h5,
+        the tokenizer's files (assets/tokenizer/) and metadata.json (tflm version,
+        parameter count, class), which `from_preset(directory)` loads back. A directory
+        that is not empty is an error unless `overwrite` (see `tflm.hub.save_preset`)."""
+        from tflm import hub
+
+        return hub.save_preset(self, directory, overwrite)
 
     def check_length(self, token_ids):
         """Fail when `token_ids` (B, T) is longer than the context."""

@@ -1,7 +1,9 @@
 """Model presets: complete configurations, as data. Every value a model depends on is here.
 
 A preset is a configuration, not trained weights: `GPT.from_preset(name)` builds the
-architecture with fresh weights. Pretrained weights come from `tflm.convert`.
+architecture with fresh weights. Pretrained weights come from the other handles that
+`from_preset` and `load` take (`tflm.hub`): `hf://owner/name`, a Hugging Face model
+directory, a directory written by `save_to_preset`, a `.keras` file.
 """
 
 # Tokenizers are given as Keras serialization configs (data); they are built when a
@@ -135,6 +137,22 @@ ENCODER_PRESETS = {
 }
 
 
+# Where the weights of names a user may try for a pretrained model live on the Hugging Face
+# Hub (safetensors on the main branch): errors and docs point there, since a preset of the
+# same shape (gpt2-124m, bert-base) has fresh weights.
+HUB_CHECKPOINTS = {
+    "gpt2": "hf://openai-community/gpt2",
+    "gpt2-124m": "hf://openai-community/gpt2",
+    "gpt2-medium": "hf://openai-community/gpt2-medium",
+    "gpt2-large": "hf://openai-community/gpt2-large",
+    "gpt2-xl": "hf://openai-community/gpt2-xl",
+    "distilgpt2": "hf://distilbert/distilgpt2",
+    "bert-base": "hf://google-bert/bert-base-uncased",
+    "bert-base-uncased": "hf://google-bert/bert-base-uncased",
+    "bert-base-cased": "hf://google-bert/bert-base-cased",
+    "all-MiniLM-L6-v2": "hf://sentence-transformers/all-MiniLM-L6-v2",
+}
+
 # Keras layer arguments that a preset leaves to the caller.
 LAYER_ARGUMENTS = {"dtype", "name", "trainable"}
 
@@ -150,3 +168,17 @@ def resolve_preset(presets, name, overrides):
             f"its keys are {sorted(presets[name])}."
         )
     return {**presets[name], **overrides}
+
+
+def load(handle, **overrides):
+    """The model a handle names, of whichever class it holds (see `tflm.hub`): a preset
+    name (fresh weights), `hf://owner/name[@revision]`, a Hugging Face model directory, a
+    tflm preset directory (`save_to_preset`) or a `.keras` file.
+
+    Example:
+    >>> model = tflm.models.load("hf://openai-community/gpt2")      # a GPT, GPT-2's weights
+    >>> classifier = tflm.models.load("runs/sst2/classifier.keras")  # a Classifier
+    """
+    from tflm import hub  # hub imports the model classes: imported on use
+
+    return hub.load(handle, **overrides)

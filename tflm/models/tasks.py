@@ -46,6 +46,13 @@ class _EncoderTask(keras.Model):
         config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
         return cls(**config)
 
+    def save_to_preset(self, directory, overwrite=False):
+        """Write the task model (its encoder and tokenizer included) into `directory`, as
+        `Backbone.save_to_preset` does; `tflm.models.load(directory)` loads it back."""
+        from tflm import hub
+
+        return hub.save_preset(self, directory, overwrite)
+
 
 @keras.saving.register_keras_serializable(package="tflm")
 class MaskedLM(_EncoderTask):
@@ -125,6 +132,39 @@ class Classifier(_EncoderTask):
             dtype=self.dtype_policy,
             name="head",
         )
+
+    @classmethod
+    def from_preset(cls, handle, num_classes=None, **kwargs):
+        """A Classifier from a handle (resolved by `tflm.hub`): one saved whole (a directory
+        written by `save_to_preset`, a `.keras` file) is returned as it is; an encoder
+        (`hf://owner/name`, a Hugging Face directory, an Encoder preset name or a saved
+        Encoder) gets a new head of `num_classes`, with `kwargs` (pooling, dropout,
+        label_names) as the constructor takes them.
+
+        Example:
+        >>> classifier = Classifier.from_preset(
+        ...     "hf://sentence-transformers/all-MiniLM-L6-v2", num_classes=2, pooling="mean")
+        >>> classifier.save_to_preset("sst2-classifier")
+        >>> Classifier.from_preset("sst2-classifier")                 # the same classifier
+        """
+        from tflm import hub  # hub imports the model classes and tflm.convert: on use
+
+        model = hub.load(handle)
+        if isinstance(model, cls):
+            if num_classes is not None or kwargs:
+                raise ValueError(f"{handle} holds a whole {cls.__name__}; num_classes and the "
+                                 "head's settings come with it. For a new head on its encoder, "
+                                 f"use {cls.__name__}(Encoder.from_preset({str(handle)!r}), ...).")
+            return model
+        encoder = model if isinstance(model, Encoder) else getattr(model, "encoder", None)
+        if not isinstance(encoder, Encoder):
+            raise TypeError(f"{handle} holds a model of class {type(model).__name__}; an "
+                            f"Encoder or a {cls.__name__} was expected.")
+        if num_classes is None:
+            raise ValueError(f"{handle} holds an encoder: give num_classes for the new head.")
+        classifier = cls(encoder, num_classes, **kwargs)
+        classifier.build({"token_ids": (None, None), "padding_mask": (None, None)})
+        return classifier
 
     def build(self, input_shape):
         if not self.encoder.built:
