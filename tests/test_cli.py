@@ -1,5 +1,6 @@
 """The `tflm` command from the shell: a user's mistake is one clean line and a non-zero exit."""
 
+import os
 import subprocess
 import sys
 
@@ -54,3 +55,28 @@ def test_every_command_has_its_parser():
         with pytest.raises(SystemExit) as exit:
             parser.parse_args([command, "--help"])
         assert exit.value.code == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["convert", "gpt2-124m", "{out}"],
+     "tflm: 'gpt2-124m' is a preset of GPT: an architecture with fresh weights, not a "
+     "checkpoint. For pretrained weights, use hf://openai-community/gpt2."),
+    (["generate", "--model", "gpt2", "Hi"],
+     "tflm: cannot load a model from 'gpt2': Unknown preset 'gpt2'; available presets: "),
+    (["train", "--init-from", "bert-base", "--set", "output.dir={out}"],
+     "tflm: 'bert-base' is a preset of Encoder: an architecture with fresh weights, not a "
+     "checkpoint. For pretrained weights, use hf://google-bert/bert-base-uncased."),
+    (["finetune", "--pretrained", "hf://someone/missing", "--train", "{out}"],
+     "tflm: hf://someone/missing: the repository 'someone/missing' is not in the Hugging Face "
+     "cache ({cache}) and HF_HUB_OFFLINE is set."),
+])
+def test_a_flag_that_takes_a_model_names_what_it_could_not_load(tmp_path, args, message):
+    """Preset names are architectures: where weights are needed they are refused, with the
+    Hub's name for the weights; an hf:// handle the cache lacks names the repository."""
+    paths = {"out": tmp_path / "out", "cache": tmp_path / "hf-cache"}
+    env = {**os.environ, "HF_HUB_CACHE": str(paths["cache"]), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "tflm", *(a.format(**paths) for a in args)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(message.format(**paths))

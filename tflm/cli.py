@@ -5,8 +5,12 @@
     tflm generate --model model.keras "ROMEO:" --max-new-tokens 200 --top-p 0.9 --seed 1
     tflm export --model runs/shakespeare-char/model.keras --name shakespeare [--version 2]
     tflm serve --model_base_path saved_models/shakespeare [--rest_api_port 8501] [--port 8500]
-    tflm convert path/to/hf-model --output model.keras
-    tflm finetune --pretrained path/to/hf-model --train train.tsv [--valid valid.tsv]
+    tflm convert hf://openai-community/gpt2 gpt2.keras
+    tflm finetune --pretrained hf://sentence-transformers/all-MiniLM-L6-v2 --train train.tsv
+
+Every flag that takes a model (--model, --pretrained, --init-from, convert's source) takes
+a handle (`tflm.hub`): a .keras file, a directory written by save_to_preset, a Hugging Face
+model directory, or hf://owner/name[@revision].
 
 Each command is a pair: `add_<name>_command(commands)` declares its arguments, and the
 function it runs sits right below it. A command raises the library's errors as they are;
@@ -25,15 +29,17 @@ USER_ERRORS = (OSError, ValueError, TypeError, KeyError, ImportError, RuntimeErr
                FloatingPointError)
 
 
-def _load_model(path):
-    import keras
+MODEL_HANDLE = ("a .keras file, a directory written by save_to_preset, a Hugging Face model "
+                "directory or hf://owner/name[@revision]")
 
-    import tflm.tokenizers  # noqa: F401  (registers the tokenizer classes for loading)
+
+def _load_model(handle):
+    from tflm import hub
 
     try:
-        return keras.saving.load_model(path, compile=False)  # each command compiles what it needs
+        return hub.load(handle, pretrained=True)  # uncompiled: each command compiles what it needs
     except (OSError, ValueError) as error:
-        raise ValueError(f"cannot load a model from {path!r}: {error}") from None
+        raise ValueError(f"cannot load a model from {handle!r}: {error}") from None
 
 
 def _load_model_with_tokenizer(path, needs):
@@ -52,8 +58,10 @@ def add_train_command(commands):
                                          "(default: shakespeare-char)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value (repeatable), e.g. optimizer.learning_rate=1e-3")
-    parser.add_argument("--init-from", help="continue training a saved .keras GPT (an imported "
-                                            "checkpoint too): same as --set model.init_from=PATH")
+    parser.add_argument("--init-from", metavar="MODEL",
+                        help=f"continue training a GPT: {MODEL_HANDLE}; its architecture, "
+                             "weights and tokenizer replace the config's (same as --set "
+                             "model.init_from=MODEL)")
     parser.set_defaults(run=train)
 
 
@@ -67,7 +75,7 @@ def train(args):
 def add_eval_command(commands):
     parser = commands.add_parser("eval", help="loss and perplexity of a saved GPT on a text file")
     parser.add_argument("file", help="a text file (or a glob of files)")
-    parser.add_argument("--model", required=True, help="a .keras file saved by tflm")
+    parser.add_argument("--model", required=True, help=f"the GPT: {MODEL_HANDLE}")
     parser.add_argument("--seq-len", type=int, help="tokens per block (default: the model's context)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--verbose", type=int, default=0)
@@ -97,7 +105,7 @@ def add_export_command(commands):
         description="Write saved_models/NAME/VERSION, a SavedModel that stock TF Serving and plain "
                     "TensorFlow load (no tflm, no tensorflow-text); or, with --check DIR alone, "
                     "check an existing export.")
-    parser.add_argument("--model", help="a .keras file saved by tflm")
+    parser.add_argument("--model", help=f"the model: {MODEL_HANDLE}")
     parser.add_argument("--name", help="the model's name: saved_models/NAME/VERSION")
     parser.add_argument("--version", type=int, help="default: the next one")
     parser.add_argument("--base-path", default="saved_models", help="default: %(default)s")
@@ -246,25 +254,33 @@ def serve(args):
 
 def add_convert_command(commands):
     parser = commands.add_parser(
-        "convert", help="import a Hugging Face checkpoint (BERT, MiniLM, GPT-2)")
-    parser.add_argument("directory", help="config.json, model.safetensors and the tokenizer's files")
-    parser.add_argument("--output", required=True, help="the .keras file to write")
+        "convert", help="import a Hugging Face checkpoint (BERT, MiniLM, GPT-2) as a tflm model",
+        description="Write the model a handle names as a .keras file or a tflm preset directory.")
+    parser.add_argument("source", help=MODEL_HANDLE)
+    parser.add_argument("output", nargs="?",
+                        help="a .keras file, or a directory to write as a tflm preset")
+    parser.add_argument("--output", dest="output_flag", metavar="OUTPUT", help="as OUTPUT")
     parser.set_defaults(run=convert)
 
 
 def convert(args):
-    from tflm.convert import from_huggingface
+    from tflm import hub
 
-    model = from_huggingface(args.directory)
-    model.save(args.output)
-    print(f"Saved {type(model).__name__} ({model.count_params():,} parameters) to {args.output}")
+    if (args.output is None) == (args.output_flag is None):
+        raise ValueError("convert needs one output: a .keras file or a preset directory.")
+    output = args.output or args.output_flag
+    model = hub.load(args.source, pretrained=True)
+    if output.endswith(".keras"):
+        model.save(output)
+    else:
+        model.save_to_preset(output)
+    print(f"Saved {type(model).__name__} ({model.count_params():,} parameters) to {output}")
 
 
 def add_finetune_command(commands):
     parser = commands.add_parser(
         "finetune", help="fine-tune a pretrained encoder as a text classifier")
-    parser.add_argument("--pretrained", required=True,
-                        help="a Hugging Face directory or a .keras Encoder")
+    parser.add_argument("--pretrained", required=True, help=f"the encoder: {MODEL_HANDLE}")
     parser.add_argument("--train", required=True, help="labelled CSV, TSV or JSONL")
     parser.add_argument("--valid", help="labelled validation file (default: 10%% of --train held out)")
     parser.add_argument("--text-column", default="text")
@@ -296,7 +312,7 @@ def finetune(args):
 def add_generate_command(commands):
     parser = commands.add_parser("generate", help="continue a prompt with a saved GPT")
     parser.add_argument("prompt")
-    parser.add_argument("--model", required=True, help="a .keras file saved by tflm")
+    parser.add_argument("--model", required=True, help=f"the GPT: {MODEL_HANDLE}")
     parser.add_argument("--max-new-tokens", type=int, default=200)
     parser.add_argument("--temperature", type=float, help="sample at this temperature")
     parser.add_argument("--top-k", type=int, help="sample among the k most likely tokens")

@@ -1,15 +1,14 @@
 """`finetune()`: a text classifier on a pretrained encoder, as `tflm finetune` runs it.
 
-The encoder comes from a Hugging Face directory (`tflm.convert.from_huggingface`) or a
-`.keras` file; a `Classifier` head goes on top; training uses AdamW with warmup then
-linear decay (and optional layer-wise learning-rate decay), training batches of texts of
+The encoder comes from a handle (`tflm.hub`): hf://owner/name, a Hugging Face directory, a
+tflm preset directory or a `.keras` file; a `Classifier` head goes on top; training uses
+AdamW with warmup then linear decay (and optional layer-wise learning-rate decay), training batches of texts of
 similar length padded to their own longest (rounded up to 16 tokens), validation every
 `eval_every` steps, and early stopping on validation accuracy that keeps the best weights.
 """
 
 import math
 import random
-from pathlib import Path
 
 import keras
 
@@ -19,18 +18,12 @@ from tflm.training.optimizers import WarmupLinear, adamw, layer_decay_factors
 
 
 def load_encoder(pretrained):
-    """An Encoder with its tokenizer from a Hugging Face directory or a `.keras` file."""
-    path = Path(pretrained)
-    if not path.exists():
-        raise FileNotFoundError(f"No pretrained model at {pretrained}.")
-    if path.is_dir():
-        from tflm.convert import from_huggingface
+    """An Encoder with its tokenizer from a handle (`tflm.hub`): hf://owner/name, a Hugging
+    Face directory, a tflm preset directory or a `.keras` file (a task model's encoder too)."""
+    from tflm import hub
 
-        encoder = from_huggingface(path)
-    else:
-        import tflm.tokenizers  # noqa: F401  (registers the tokenizer classes for loading)
-
-        encoder = keras.saving.load_model(path, compile=False)
+    model = hub.load(pretrained, pretrained=True)
+    encoder = getattr(model, "encoder", model)  # a Classifier's or MaskedLM's encoder
     if not isinstance(encoder, Encoder) or encoder.tokenizer is None:
         raise ValueError(f"{pretrained} is not an encoder with a tokenizer.")
     return encoder

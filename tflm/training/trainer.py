@@ -16,6 +16,7 @@ from pathlib import Path
 
 import keras
 
+from tflm import hub
 from tflm.data import corpora, lm_dataset
 from tflm.data.sources import resolve_files
 from tflm.models import GPT
@@ -137,8 +138,18 @@ def run_record(config):
     for i, path in enumerate(_files(config["data"]["train"])):
         record[f"data.files[{i}]"] = fingerprint(path)
     if config["model"]["init_from"]:
-        record["model.init_from (file)"] = fingerprint(config["model"]["init_from"])
+        record["model.init_from (file)"] = _model_fingerprint(config["model"]["init_from"])
     return record
+
+
+def _model_fingerprint(handle):
+    """The fingerprint of the model file a handle names, or of each file of its directory
+    (an hf:// handle's is its downloaded snapshot)."""
+    path = hub.locate(handle, GPT)
+    if path.is_file():
+        return fingerprint(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return "; ".join(f"{p.relative_to(path)}: {fingerprint(p)}" for p in files)
 
 
 def _resumed_tokenizer(config, latest, record, output, print_fn):
@@ -259,15 +270,14 @@ def _fit(model, train_data, validation_data, validation_steps, callbacks, step, 
 
 
 def build_model(config, tokenizer=None):
-    """The GPT of `config["model"]`, with its tokenizer: loaded from `model.init_from`, or
-    built fresh with `tokenizer` (a resumed run's own) or, when None, a tokenizer made as
+    """The GPT of `config["model"]`, with its tokenizer: loaded from `model.init_from` (a
+    handle, `tflm.hub`: a .keras file, a preset or Hugging Face directory, hf://owner/name),
+    or built fresh with `tokenizer` (a resumed run's own) or, when None, a tokenizer made as
     `config["tokenizer"]` says."""
     settings = dict(config["model"])
     init_from = settings.pop("init_from")
     if init_from:
-        import tflm.tokenizers  # noqa: F401  (registers the tokenizer classes for loading)
-
-        model = keras.saving.load_model(init_from, compile=False)
+        model = hub.load(init_from, GPT, pretrained=True)
     else:
         if tokenizer is None:
             tokenizer = build_tokenizer(config["tokenizer"], config["data"]["train"])
