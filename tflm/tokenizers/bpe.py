@@ -4,7 +4,8 @@
 bytes of all the words of a batch at once in a `tf.while_loop` over hash-table lookups,
 and joins ids back into text by table lookups. Every op is in core TensorFlow, so the
 same code runs eagerly, in `tf.data` and in SavedModels that load without
-tensorflow-text; it keeps no state that grows (no cache).
+tensorflow-text; it keeps no state that grows (no cache). Words are split by the rules of
+GPT-2, Llama 3 or Qwen2 (`PATTERNS`), exactly as Hugging Face's `tokenizers` splits them.
 
 Shapes in comments: B texts in a batch, T tokens of a text, W words of a batch, U distinct
 words, S symbols of the distinct words (their bytes, then merged tokens); None, a ragged
@@ -14,7 +15,6 @@ dimension.
 import collections
 import heapq
 import json
-import re
 from pathlib import Path
 
 import keras
@@ -24,15 +24,25 @@ import tensorflow as tf
 
 from tflm.tokenizers.base import SpecialTokens
 
-# GPT-2's pre-tokenization: words never merge across these boundaries.
-GPT2_SPLIT = regex.compile(
-    r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-)
+# The pre-tokenizers' regexes, as GPT-2, Llama 3 (tiktoken's cl100k) and Qwen2 write them:
+# words never merge across their matches.
+PATTERNS = {
+    "gpt2": r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+    "llama3": r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"""
+    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
+    "qwen2": r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
+    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
+}
+GPT2_SPLIT = regex.compile(PATTERNS["gpt2"])
 
-# The same rules for RE2. RE2's \s is ASCII only, so white space is spelled out (as Python's
-# regex and the reference's engine define it); RE2's tables are Unicode 15.1, so the letters
-# and numbers Unicode 16.0 added, which the reference knows, are listed.
-SPACE = r"\t-\r \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}"
+# The same rules for RE2. RE2's \s is ASCII only, so white space is spelled out (as the
+# references' engines define it: Unicode's White_Space); RE2's tables are Unicode 15.1, so
+# the letters and numbers Unicode 16.0 added, which the references know, are listed.
+NEWLINE = r"\n\r"
+OTHER_SPACE = (
+    r"\t\x0b\x0c \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}"
+)
+SPACE = NEWLINE + OTHER_SPACE
 LETTER = (
     r"\p{L}\x{1c89}-\x{1c8a}\x{a7cb}-\x{a7cd}\x{a7da}-\x{a7dc}\x{105c0}-\x{105f3}"
     r"\x{10d4a}-\x{10d65}\x{10d6f}-\x{10d85}\x{10ec2}-\x{10ec4}\x{11380}-\x{11389}\x{1138b}"
@@ -44,12 +54,30 @@ NUMBER = (
     r"\p{N}\x{10d40}-\x{10d49}\x{116d0}-\x{116e3}\x{11bf0}-\x{11bf9}\x{16130}-\x{16139}"
     r"\x{16d70}-\x{16d79}\x{1ccf0}-\x{1ccf9}\x{1e5f1}-\x{1e5fa}"
 )
-# GPT-2's pattern without its look-ahead alternative \s+(?!\S): a boundary before the last
-# space of every run of spaces that a non-space follows does its work.
-RE2_WORD = (
-    rf"'s|'t|'re|'ve|'m|'ll|'d| ?[{LETTER}]+| ?[{NUMBER}]+| ?[^{SPACE}{LETTER}{NUMBER}]+|[{SPACE}]+"
-)
-RE2_LAST_SPACE = rf"[{SPACE}][^{SPACE}]"
+# What the `Digits` pre-tokenizer isolates (Rust's char::is_numeric, Unicode 17.0).
+DIGIT = NUMBER + r"\x{11de0}-\x{11de9}\x{16ff4}-\x{16ff6}"
+
+
+def _llama3_word(number):
+    return (
+        rf"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^{NEWLINE}{LETTER}{NUMBER}]?[{LETTER}]+|{number}"
+        rf"| ?[^{SPACE}{LETTER}{NUMBER}]+[{NEWLINE}]*|[{SPACE}]*[{NEWLINE}]+|[{SPACE}]+"
+    )
+
+
+# Each pattern for RE2, without its look-ahead alternative \s+(?!\S), and the white space
+# (with the character after it) before which that alternative always leaves a boundary:
+# the last space of a run that a non-space follows (for Llama 3 and Qwen2, unless it is a
+# line break, which \s*[\r\n]+ takes). A boundary marked there does the look-ahead's work.
+RE2_SPLITS = {
+    "gpt2": (
+        rf"'s|'t|'re|'ve|'m|'ll|'d| ?[{LETTER}]+| ?[{NUMBER}]+| ?[^{SPACE}{LETTER}{NUMBER}]+"
+        rf"|[{SPACE}]+",
+        rf"[{SPACE}][^{SPACE}]",
+    ),
+    "llama3": (_llama3_word(rf"[{NUMBER}]{{1,3}}"), rf"[{OTHER_SPACE}][^{SPACE}]"),
+    "qwen2": (_llama3_word(rf"[{NUMBER}]"), rf"[{OTHER_SPACE}][^{SPACE}]"),
+}
 # A byte that valid UTF-8 never holds and no RE2 match crosses: it marks word boundaries.
 MARK = b"\xff"
 NO_MERGE = tf.int64.max
@@ -75,8 +103,9 @@ def bytes_to_unicode():
     return dict(zip(printable, map(chr, characters)))
 
 
-def train_bpe(corpus, vocabulary_size, special_tokens=()):
-    """Learn byte-level BPE merges from `corpus` (a string or an iterable of strings).
+def train_bpe(corpus, vocabulary_size, special_tokens=(), pre_tokenizer="gpt2"):
+    """Learn byte-level BPE merges from `corpus` (a string or an iterable of strings),
+    its words split by the rules `pre_tokenizer` names (a key of `PATTERNS`).
 
     Returns `(vocabulary, merges)` in the layout of GPT-2's vocab.json and merges.txt:
     the 256 byte symbols, then one token per merge, then the special tokens.
@@ -91,9 +120,10 @@ def train_bpe(corpus, vocabulary_size, special_tokens=()):
             f"vocabulary_size={vocabulary_size} is below the 256 byte symbols plus "
             f"{len(special_tokens)} special tokens."
         )
+    split = regex.compile(PATTERNS[pre_tokenizer])
     word_counts = collections.Counter()
     for text in [corpus] if isinstance(corpus, str) else corpus:
-        for word in GPT2_SPLIT.findall(text):
+        for word in split.findall(text):
             word_counts["".join(byte_map[b] for b in word.encode("utf-8"))] += 1
     if not word_counts:
         raise ValueError("Cannot train BPE on an empty corpus.")
@@ -150,15 +180,19 @@ def train_bpe(corpus, vocabulary_size, special_tokens=()):
 
 @keras.saving.register_keras_serializable(package="tflm")
 class BPETokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
-    """Byte-level BPE exactly as GPT-2 applies it, in core TensorFlow ops.
+    """Byte-level BPE exactly as GPT-2, Llama 3 and Qwen2 apply it, in core TensorFlow ops.
 
     `vocabulary` is a vocab.json path or a dict token -> id; `merges` a merges.txt path
     or a list of "a b" rules, highest priority first (a "#version" first line is skipped).
-    Special tokens must be in the vocabulary; where they appear in text they become their
-    id and no word crosses them. Text is split as GPT-2's regex splits it, each word's
-    UTF-8 bytes become GPT-2's byte symbols, and the lowest-ranked adjacent pair is merged
-    until none is in `merges`, so the ids are those of transformers' GPT2Tokenizer. The
-    vocabulary and merges are saved inside `.keras` archives.
+    Special tokens and `added_tokens` must be in the vocabulary; where they appear in text
+    they become their id and no word crosses them (the longest where they overlap). Text
+    is split into words by the rules `pre_tokenizer` names ("gpt2", "llama3" or "qwen2",
+    the regexes of `PATTERNS`), each digit apart first if `individual_digits`; each
+    word's UTF-8 bytes become GPT-2's byte symbols, and the lowest-ranked adjacent pair is
+    merged until none is in `merges` (with `ignore_merges`, a word that is itself in the
+    vocabulary is its id at once). So the ids are those of transformers' GPT2Tokenizer and
+    of Hugging Face's `tokenizers` (`from_tokenizer_json` reads its files). The vocabulary
+    and merges are saved inside `.keras` archives.
 
     Example:
     >>> tokenizer = BPETokenizer.train("the cat sat on the mat. " * 20, vocabulary_size=270)
@@ -177,23 +211,47 @@ class BPETokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
         pad_token=None,
         mask_token=None,
         unk_token=None,
+        pre_tokenizer="gpt2",
+        individual_digits=False,
+        added_tokens=(),
+        ignore_merges=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if pre_tokenizer not in RE2_SPLITS:
+            raise ValueError(f"pre_tokenizer={pre_tokenizer!r} is not one of {list(RE2_SPLITS)}.")
         self._set_special_tokens(bos_token, eos_token, pad_token, mask_token, unk_token)
+        self.pre_tokenizer = pre_tokenizer
+        self.individual_digits = individual_digits
+        self.added_tokens = list(added_tokens)
+        self.ignore_merges = ignore_merges
         self.file_assets = [VOCABULARY_FILE, MERGES_FILE]
         self.vocabulary = self.merges = None
         if vocabulary is not None or merges is not None:
             self.set_vocabulary_and_merges(vocabulary, merges)
 
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "pre_tokenizer": self.pre_tokenizer,
+            "individual_digits": self.individual_digits,
+            "added_tokens": list(self.added_tokens),
+            "ignore_merges": self.ignore_merges,
+        }
+
     @classmethod
-    def train(cls, corpus, vocabulary_size, eos_token="<|endoftext|>", **special_tokens):
+    def train(
+        cls, corpus, vocabulary_size, eos_token="<|endoftext|>", pre_tokenizer="gpt2",
+        **special_tokens,
+    ):
         """Train on `corpus` (a string or an iterable of strings) to `vocabulary_size` tokens."""
         tokens = [eos_token, *special_tokens.values()]
         vocabulary, merges = train_bpe(
-            corpus, vocabulary_size, [t for t in tokens if t is not None]
+            corpus, vocabulary_size, [t for t in tokens if t is not None], pre_tokenizer
         )
-        return cls(vocabulary, merges, eos_token=eos_token, **special_tokens)
+        return cls(
+            vocabulary, merges, eos_token=eos_token, pre_tokenizer=pre_tokenizer, **special_tokens
+        )
 
     def set_vocabulary_and_merges(self, vocabulary, merges):
         """Set the vocabulary (a vocab.json path or a dict) and merges (a path or a list)."""
@@ -213,6 +271,9 @@ class BPETokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
         if missing:
             raise ValueError(f"The BPE vocabulary lacks the byte symbol(s) {missing}.")
         self._check_special_tokens_in(vocabulary, "BPE")
+        missing = [t for t in self.added_tokens if t not in vocabulary]
+        if missing:
+            raise ValueError(f"Added token(s) {missing} are not in the BPE vocabulary.")
         id_space = max(vocabulary.values()) + 1
         rules = {}  # (left id, right id) -> (rank, merged id); a repeated rule keeps its last rank
         for rank, merge in enumerate(merges):
@@ -226,7 +287,11 @@ class BPETokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
         self.vocabulary, self.merges = vocabulary, merges
         self._id_space = id_space
         self._byte_ids = [vocabulary[s] for s in byte_symbols]  # byte -> id of its symbol
-        specials = self.special_tokens_list()
+        self._symbol_codes = [ord(s) for s in byte_symbols]
+        # The tokens found whole in text, longest first: where they overlap, the reference
+        # takes the longest.
+        whole = list(dict.fromkeys(self.special_tokens_list() + self.added_tokens))
+        self._whole_tokens = sorted(whole, key=len, reverse=True)
         byte_of = {symbol: byte for byte, symbol in byte_map.items()}
         # Built eagerly: a table first made inside a tf.data map could not be reused.
         with tf.init_scope():
@@ -237,27 +302,19 @@ class BPETokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
                 ),
                 default_value=NO_MERGE,
             )
-            self._special_table = tf.lookup.StaticHashTable(
-                tf.lookup.KeyValueTensorInitializer(
-                    tf.constant(specials, tf.string),
-                    tf.constant([vocabulary[t] for t in specials], tf.int32),
-                ),
-                default_value=-1,
-            )
+            self._whole_table = _string_table({t: vocabulary[t] for t in whole})
+            if self.ignore_merges:  # the model's own tokens (a word never equals a whole token)
+                self._word_table = _string_table(
+                    {t: i for t, i in vocabulary.items() if t not in whole}
+                )
             self._bytes_table = tf.lookup.StaticHashTable(
                 tf.lookup.KeyValueTensorInitializer(
                     tf.constant(list(vocabulary.values()), tf.int64),
-                    tf.constant([self._token_bytes(t, byte_of) for t in vocabulary], tf.string),
+                    tf.constant([_token_bytes(t, byte_of) for t in vocabulary], tf.string),
                 ),
                 default_value=b"",
             )
         self._token_of_id = {i: t for t, i in vocabulary.items()}
-
-    def _token_bytes(self, token, byte_of):
-        """The bytes `token` stands for (special tokens print as themselves)."""
-        if token in self.special_tokens_list():
-            return token.encode("utf-8")
-        return b"".join(bytes([byte_of[c]]) if c in byte_of else c.encode("utf-8") for c in token)
 
     def save_assets(self, dir_path):
         self._write(Path(dir_path), VOCABULARY_FILE, MERGES_FILE)
@@ -323,32 +380,42 @@ class BPETokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
         return tf.RaggedTensor.from_row_splits(ids.flat_values, splits, validate=False)
 
     def _split(self, texts):
-        """Texts (B,) -> their words (B, None): special tokens, and GPT-2's regex's matches."""
-        # Longest first: where special tokens overlap, the reference takes the longest.
-        specials = sorted(self.special_tokens_list(), key=len, reverse=True)
-        specials = "|".join(re.escape(t) for t in specials)
+        """Texts (B,) -> their words (B, None): the whole tokens, then (if
+        `individual_digits`) each digit, and between them the pre-tokenizer's matches."""
+        word, last_space = RE2_SPLITS[self.pre_tokenizer]
+        whole = "|".join(_literal(t) for t in self._whole_tokens)
         texts = tf.strings.unicode_transcode(texts, "UTF-8", "UTF-8", errors="replace")  # no MARK
-        # A MARK before each special token (a run of spaces before one stays whole) and
-        # before the last space of a run that a non-space follows; then before each word.
-        if specials:
-            boundaries = rf"([{SPACE}]*)({specials})|({RE2_LAST_SPACE})"
-            texts = tf.strings.regex_replace(texts, boundaries, b"\\1" + MARK + b"\\2\\3")
-            words = f"{specials}|{RE2_WORD}"
+        # Whole tokens and digits become pieces of their own, as the reference cuts them
+        # out before it splits what is left: a MARK on either side.
+        pieces = [p for p in [whole, f"[{DIGIT}]" if self.individual_digits else ""] if p]
+        if pieces:
+            texts = tf.strings.regex_replace(texts, "|".join(pieces), MARK + b"\\0" + MARK)
+        # A MARK before the last space of each run that a non-space follows (the end of a
+        # piece is none: no RE2 match takes a MARK); whole tokens are passed over as they
+        # are, then found before the pre-tokenizer's matches.
+        if whole:
+            texts = tf.strings.regex_replace(texts, f"({whole})|({last_space})", MARK + b"\\1\\2")
+            word = f"{whole}|{word}"
         else:
-            texts = tf.strings.regex_replace(texts, RE2_LAST_SPACE, MARK + b"\\0")
-            words = RE2_WORD
-        texts = tf.strings.regex_replace(texts, words, MARK + b"\\0")
+            texts = tf.strings.regex_replace(texts, last_space, MARK + b"\\0")
+        texts = tf.strings.regex_replace(texts, word, MARK + b"\\0")
         words = tf.strings.split(texts, sep=MARK)
         return tf.ragged.boolean_mask(words, tf.strings.length(words) > 0)
 
     def _encode(self, words):
-        """Distinct words (U,) -> their ids (U, None): a special token's id, or BPE's tokens."""
-        special = self._special_table.lookup(words)                  # (U,) -1: not special
-        is_special = special >= 0
-        data = tf.strings.unicode_decode(tf.where(is_special, " ", words), "ISO-8859-1")
+        """Distinct words (U,) -> their ids (U, None): a whole token's id, or BPE's tokens."""
+        whole = self._whole_table.lookup(words)                      # (U,) -1: none
+        if self.ignore_merges:  # a word in the vocabulary is its one id
+            data = tf.strings.unicode_decode(words, "ISO-8859-1")    # (U, None) bytes
+            codes = tf.constant(self._symbol_codes, tf.int32)        # byte -> its symbol
+            symbols = tf.ragged.map_flat_values(tf.gather, codes, data)
+            symbols = tf.strings.unicode_encode(symbols, "UTF-8")    # (U,) as in the vocabulary
+            whole = tf.where(whole >= 0, whole, self._word_table.lookup(symbols))
+        is_whole = whole >= 0
+        data = tf.strings.unicode_decode(tf.where(is_whole, " ", words), "ISO-8859-1")
         rows = tf.cast(data.value_rowids(), tf.int32)                # (S,) word of each byte
         ids = tf.gather(tf.constant(self._byte_ids, tf.int32), data.flat_values)  # (S,)
-        ids = tf.where(tf.gather(is_special, rows), tf.gather(special, rows), ids)
+        ids = tf.where(tf.gather(is_whole, rows), tf.gather(whole, rows), ids)
         ids, rows = self._merge(ids, rows)
         rows = tf.cast(rows, tf.int64)  # int64 row splits, as the other tokenizers give
         count = tf.size(words, tf.int64)
@@ -407,3 +474,28 @@ def _left_to_right(chosen):
 
     overlapping = tf.reduce_any(chosen[1:] & chosen[:-1])
     return tf.cond(overlapping, alternate, lambda: chosen)
+
+
+def _string_table(ids):
+    """A hash table string -> int32 id (-1 for other strings)."""
+    ids = ids or {MARK: -1}  # a table cannot be empty; no word holds a MARK
+    return tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(
+            tf.constant(list(ids), tf.string), tf.constant(list(ids.values()), tf.int32)
+        ),
+        default_value=-1,
+    )
+
+
+def _literal(text):
+    """`text` as an RE2 regex that matches it alone (letters and digits as they are)."""
+    return "".join(c if c.isascii() and c.isalnum() else f"\\x{{{ord(c):x}}}" for c in text)
+
+
+def _token_bytes(token, byte_of):
+    """The bytes a token stands for: those of its byte symbols, or its own UTF-8 where it
+    has a character that is no byte's symbol (an added token may): the rule of Hugging
+    Face's ByteLevel decoder."""
+    if all(c in byte_of for c in token):
+        return bytes(byte_of[c] for c in token)
+    return token.encode("utf-8")
