@@ -50,11 +50,12 @@ def multilingual(tmp_path_factory):
     return tokenizer, GPT2Tokenizer.from_pretrained(str(directory), pad_token="<pad>")
 
 
-def random_texts(seed, count):
-    """Random code points of every plane, mixed with the pieces GPT-2's rules treat apart."""
+def random_texts(seed, count, more_pieces=()):
+    """Random code points of every plane, mixed with the pieces GPT-2's rules treat apart
+    (and `more_pieces`)."""
     rng = np.random.default_rng(seed)
     pieces = [" ", "  ", "\n", "\t", "\u00a0", "\u3000", "'s", "'S", "'ll", "'", "<|endoftext|>",
-              "<pad>", "the", " king", "世界", "👩‍👩‍👧", "é", "12", "!?"]
+              "<pad>", "the", " king", "世界", "👩‍👩‍👧", "é", "12", "!?", *more_pieces]
     texts = []
     for _ in range(count):
         text = []
