@@ -4,13 +4,15 @@ transformers' fast tokenizers on tokenizers that the `tokenizers` library trains
 import importlib.util
 import json
 import re
+import unicodedata
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast  # tokenizer classes: no torch
 
 from tests.helpers import graph_op_types, run_in_core_tensorflow, tiny_gpt
@@ -29,11 +31,13 @@ O200K = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}
 # line breaks in runs of white space, punctuation before line breaks.
 PIECES = ["DON'T", "I'M", "'Ll", "'VE", "'Sorry", "'LLAMA", "'ſt", "12345", "1234567", "٣٤٥٦",
           "\r\n", "\r\n\r\n", "\n \n", " \n", "!\n\n", "\t\t", "  \u3000", "<|eot_id|>",
-          "<|begin_of_text|>", "<|im_start|>", "naïve", " King Lear "]
+          "<|begin_of_text|>", "<|im_start|>", "naïve", " King Lear ", "e\u0301", "\u1100\u1161"]
 EXTRA_CASES = ["DON'T I'M He'S 'ſt WE'LLX 'Sorry", "Unicode 17 digits \U00011de0\U00011de1 \U00016ff4x",
                "12345 1234567 ١٢٣٤ x1y22", "a\r\n\r\n  b\n \n x",
                "x <|eot_id|>  <|begin_of_text|>y", "!\n\nfoo\n", "\t\tfoo \u3000bar", "a  \n  b  ",
-               "<|im_start|>user\nhi<|im_end|>\n", "naïve  naïvex"]
+               "<|im_start|>user\nhi<|im_end|>\n", "naïve  naïvex",
+               # what NFC changes (Qwen2 normalizes), and not across an added token
+               "cafe\u0301 \u212b \u1100\u1161\u11a8 a\u0323\u0302 e<|im_end|>\u0301"]
 TEXTS = CASES + EXTRA_CASES + random_texts(seed=3, count=600, more_pieces=PIECES)
 FORMS = ("gpt2", "llama3", "qwen2", "smollm")
 
@@ -71,6 +75,7 @@ def hugging_face_form(trained, form, directory):
         tokenizer.post_processor = processors.TemplateProcessing(
             single="<|begin_of_text|> $A", special_tokens=[bos])
     elif form == "qwen2":
+        tokenizer.normalizer = normalizers.NFC()
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
             [pre_tokenizers.Split(Regex(QWEN2), "isolated"), byte_level])
         tokenizer.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
@@ -106,7 +111,9 @@ def test_ids_and_text_are_those_of_hugging_face(trained, form, tmp_path):
     decoded = tokenizer.detokenize(tf.ragged.constant(ids)).numpy()
     assert [d.decode("utf-8", "replace") for d in decoded] == [
         fast.decode(row, clean_up_tokenization_spaces=False) for row in ids]
-    kept = [(d.decode("utf-8"), t) for d, t in zip(decoded, TEXTS) if "naïve" not in t]
+    normalizer = fast.backend_tokenizer.normalizer  # Qwen2's NFC
+    kept = [(d.decode("utf-8"), normalizer.normalize_str(t) if normalizer else t)
+            for d, t in zip(decoded, TEXTS) if "naïve" not in t]
     assert [d for d, _ in kept] == [t for _, t in kept]
 
 
@@ -186,8 +193,10 @@ LLAMA3_PRE = {"type": "Sequence", "pretokenizers": [
     {"type": "Split", "pattern": {"Regex": LLAMA3}, "behavior": "Isolated", "invert": False},
     {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
 REFUSED = {  # name: (where in the file, what it becomes, the error's message)
-    "normalizer": (["normalizer"], {"type": "NFC"},
-                   r'normalizer \{"type": "NFC"\} is not supported'),
+    "normalizer": (["normalizer"], {"type": "NFKC"},
+                   r'normalizer \{"type": "NFKC"\} is not supported \(only NFC\)'),
+    "normalized token": (["normalizer"], {"type": "NFC"},
+                         "'bc' is matched in NFC-normalized text, which is not supported"),
     "pattern": (["pre_tokenizer"], edit(LLAMA3_PRE, ["pretokenizers", 0, "pattern", "Regex"], O200K),
                 "Split pattern " + re.escape(O200K) + " is not one tflm reproduces"),
     "split behavior": (["pre_tokenizer"],
@@ -221,7 +230,9 @@ REFUSED = {  # name: (where in the file, what it becomes, the error's message)
 @pytest.mark.parametrize("case", REFUSED)
 def test_what_cannot_be_reproduced_is_an_error_that_names_it(case, tmp_path):
     path, value, message = REFUSED[case]
-    spec = edit(byte_level_spec(["bc", "ab"], ["b c", "a b"], False), path, value)
+    spec = byte_level_spec(["bc", "ab"], ["b c", "a b"], False)
+    spec["added_tokens"] = [{"id": 256, "content": "bc"}]  # normalized, by default
+    spec = edit(spec, path, value)
     (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
     with pytest.raises(ValueError, match=message):
         from_tokenizer_json(tmp_path)
@@ -233,6 +244,25 @@ def test_a_wordpiece_tokenizer_json_is_an_error():
     path = Path(spec.submodule_search_locations[0]) / "model" / "tokenizer.json"
     with pytest.raises(ValueError, match="'WordPiece' model, not byte-level BPE.*WordPiece"):
         from_tokenizer_json(path)
+
+
+def test_nfc_is_that_of_hugging_face():
+    # byte tokens only: the bytes that come back are those of the text as normalized
+    symbols = [bytes_to_unicode()[b] for b in range(256)]
+    tokenizer = BPETokenizer({s: i for i, s in enumerate(symbols + ["<|im_end|>"])}, [],
+                             eos_token="<|im_end|>", normalizer="NFC")
+    rng = np.random.default_rng(5)
+    marks = [c for c in range(0x20000) if unicodedata.combining(chr(c))]
+    composed = [c for c in range(0x20000) if unicodedata.decomposition(chr(c))[:1] not in ("", "<")]
+    pools = [marks, composed, list(range(0x1100, 0x1200)), list(range(0x41, 0x7b))]
+    texts = ["".join(chr(int(rng.choice(pools[rng.integers(4)]))) for _ in range(rng.integers(12)))
+             for _ in range(3000)]
+    texts += ["\u0898a\u0301\u0316", "\U00011935\U00011930", "\u0344\u0958", "a<|im_end|>\u0301"]
+    reference = normalizers.NFC()
+    expected = [reference.normalize_str(t) for t in texts[:-1]] + ["a<|im_end|>\u0301"]
+    assert sum(e != t for e, t in zip(expected, texts)) > 1000  # NFC changes many of them
+    decoded = tokenizer.detokenize(tokenizer.tokenize(texts)).numpy()
+    assert [d.decode("utf-8") for d in decoded] == expected
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -262,11 +292,14 @@ def test_a_trained_tokenizer_goes_to_transformers(tmp_path):
 
 
 def test_exported_it_runs_on_core_tensorflow_alone(trained, tmp_path):
-    fast = hugging_face_form(trained, "llama3", tmp_path / "hf")
+    for form in FORMS:  # tensorflow-text's ops are not in tf.raw_ops
+        hugging_face_form(trained, form, tmp_path / form)
+        tokenizer = from_tokenizer_json(tmp_path / form)
+        types = graph_op_types(tokenizer.tokenize, tf.TensorSpec([None], tf.string))
+        types |= graph_op_types(tokenizer.detokenize, tf.RaggedTensorSpec([None, None], tf.int32))
+        assert sorted(t for t in types if t not in dir(tf.raw_ops)) == [], form
+    fast = hugging_face_form(trained, "qwen2", tmp_path / "hf")  # NFC, and the Llama 3 rules
     tokenizer = from_tokenizer_json(tmp_path / "hf")
-    types = graph_op_types(tokenizer.tokenize, tf.TensorSpec([None], tf.string))
-    types |= graph_op_types(tokenizer.detokenize, tf.RaggedTensorSpec([None, None], tf.int32))
-    assert sorted(t for t in types if t not in dir(tf.raw_ops)) == []
     tokenizer.build(None)
     archive = keras.export.ExportArchive()
     archive.track(tokenizer)

@@ -5,7 +5,8 @@ bytes of all the words of a batch at once in a `tf.while_loop` over hash-table l
 and joins ids back into text by table lookups. Every op is in core TensorFlow, so the
 same code runs eagerly, in `tf.data` and in SavedModels that load without
 tensorflow-text; it keeps no state that grows (no cache). Words are split by the rules of
-GPT-2, Llama 3 or Qwen2 (`PATTERNS`), exactly as Hugging Face's `tokenizers` splits them.
+GPT-2, Llama 3 or Qwen2 (`PATTERNS`), exactly as Hugging Face's `tokenizers` splits them,
+after its NFC normalization where a tokenizer asks for it (Qwen2's does).
 
 Shapes in comments: B texts in a batch, T tokens of a text, W words of a batch, U distinct
 words, S symbols of the distinct words (their bytes, then merged tokens); None, a ragged
@@ -13,8 +14,10 @@ dimension.
 """
 
 import collections
+import functools
 import heapq
 import json
+import unicodedata
 from pathlib import Path
 
 import keras
@@ -81,6 +84,19 @@ RE2_SPLITS = {
 # A byte that valid UTF-8 never holds and no RE2 match crosses: it marks word boundaries.
 MARK = b"\xff"
 NO_MERGE = tf.int64.max
+
+# The `tokenizers` library normalizes with Unicode 9.0's tables; these code points (as
+# Unicode 18.0 has them) are the marks and the canonical decompositions added since, which
+# its NFC leaves as they are. Python's unicodedata, less these, is that data.
+NFC_UNKNOWN = (
+    "5c8-5c9 7fd 897-89f 8ca-8d3 9fe c3c d3b-d3c eba 1715 1abf-1af0 1df6-1dfa a82c 105c9 105e4 "
+    "10d24-10d27 10d69-10d6d 10eab-10eac 10ecb-10ecf 10ef0-10efb 10efd-10eff 10f46-10f50 "
+    "10f82-10f85 11070 1133b 11383 11385 1138e 11391 113c5 113c7-113c8 113ce-113d0 1145e "
+    "11839-1183a 11938 1193d-1193e 11943 119e0 11a34 11a47 11a99 11d42 11d44-11d45 11d97 "
+    "11f41-11f42 16121-16128 1612f 16d68-16d6a 16ff0-16ff1 1d127-1d128 1d250-1d252 "
+    "1d25b-1d25c 1d25f 1d280-1d281 1e08f 1e130-1e136 1e2ae 1e2ec-1e2ef 1e4ec-1e4ef "
+    "1e5ee-1e5ef 1e6e3 1e6e6 1e6ee-1e6ef 1e6f5"
+)
 
 VOCABULARY_FILE = "vocabulary.json"  # keras-hub's asset names, inside .keras archives
 MERGES_FILE = "merges.txt"
@@ -186,13 +202,14 @@ class BPETokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
     or a list of "a b" rules, highest priority first (a "#version" first line is skipped).
     Special tokens and `added_tokens` must be in the vocabulary; where they appear in text
     they become their id and no word crosses them (the longest where they overlap). Text
-    is split into words by the rules `pre_tokenizer` names ("gpt2", "llama3" or "qwen2",
-    the regexes of `PATTERNS`), each digit apart first if `individual_digits`; each
-    word's UTF-8 bytes become GPT-2's byte symbols, and the lowest-ranked adjacent pair is
-    merged until none is in `merges` (with `ignore_merges`, a word that is itself in the
-    vocabulary is its id at once). So the ids are those of transformers' GPT2Tokenizer and
-    of Hugging Face's `tokenizers` (`from_tokenizer_json` reads its files). The vocabulary
-    and merges are saved inside `.keras` archives.
+    is put in NFC if `normalizer="NFC"` (between those tokens) and split into words by the
+    rules `pre_tokenizer` names ("gpt2", "llama3" or "qwen2", the regexes of `PATTERNS`),
+    each digit apart first if `individual_digits`; each word's UTF-8 bytes become GPT-2's
+    byte symbols, and the lowest-ranked adjacent pair is merged until none is in `merges`
+    (with `ignore_merges`, a word that is itself in the vocabulary is its id at once). So
+    the ids are those of transformers' GPT2Tokenizer and of Hugging Face's `tokenizers`
+    (`from_tokenizer_json` reads its files). The vocabulary and merges are saved inside
+    `.keras` archives.
 
     Example:
     >>> tokenizer = BPETokenizer.train("the cat sat on the mat. " * 20, vocabulary_size=270)
@@ -215,12 +232,16 @@ class BPETokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
         individual_digits=False,
         added_tokens=(),
         ignore_merges=False,
+        normalizer=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         if pre_tokenizer not in RE2_SPLITS:
             raise ValueError(f"pre_tokenizer={pre_tokenizer!r} is not one of {list(RE2_SPLITS)}.")
+        if normalizer not in (None, "NFC"):
+            raise ValueError(f"normalizer={normalizer!r} is not None or 'NFC'.")
         self._set_special_tokens(bos_token, eos_token, pad_token, mask_token, unk_token)
+        self.normalizer = normalizer
         self.pre_tokenizer = pre_tokenizer
         self.individual_digits = individual_digits
         self.added_tokens = list(added_tokens)
@@ -237,6 +258,7 @@ class BPETokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
             "individual_digits": self.individual_digits,
             "added_tokens": list(self.added_tokens),
             "ignore_merges": self.ignore_merges,
+            "normalizer": self.normalizer,
         }
 
     @classmethod
@@ -295,12 +317,9 @@ class BPETokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
         byte_of = {symbol: byte for byte, symbol in byte_map.items()}
         # Built eagerly: a table first made inside a tf.data map could not be reused.
         with tf.init_scope():
-            self._merge_table = tf.lookup.StaticHashTable(
-                tf.lookup.KeyValueTensorInitializer(
-                    tf.constant([a * id_space + b for a, b in rules], tf.int64),
-                    tf.constant([rank << 32 | merged for rank, merged in rules.values()], tf.int64),
-                ),
-                default_value=NO_MERGE,
+            self._merge_table = _int_table(
+                {a * id_space + b: rank << 32 | merged for (a, b), (rank, merged) in rules.items()},
+                NO_MERGE,
             )
             self._whole_table = _string_table({t: vocabulary[t] for t in whole})
             if self.ignore_merges:  # the model's own tokens (a word never equals a whole token)
@@ -315,6 +334,7 @@ class BPETokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
                 default_value=b"",
             )
         self._token_of_id = {i: t for t, i in vocabulary.items()}
+        self._nfc = _NFC() if self.normalizer == "NFC" else None
 
     def save_assets(self, dir_path):
         self._write(Path(dir_path), VOCABULARY_FILE, MERGES_FILE)
@@ -381,15 +401,20 @@ class BPETokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
 
     def _split(self, texts):
         """Texts (B,) -> their words (B, None): the whole tokens, then (if
-        `individual_digits`) each digit, and between them the pre-tokenizer's matches."""
+        `individual_digits`) each digit, and between them the pre-tokenizer's matches of
+        the text (in NFC if `normalizer` says so)."""
         word, last_space = RE2_SPLITS[self.pre_tokenizer]
         whole = "|".join(_literal(t) for t in self._whole_tokens)
         texts = tf.strings.unicode_transcode(texts, "UTF-8", "UTF-8", errors="replace")  # no MARK
-        # Whole tokens and digits become pieces of their own, as the reference cuts them
+        # Whole tokens, then digits, become pieces of their own, as the reference cuts them
         # out before it splits what is left: a MARK on either side.
-        pieces = [p for p in [whole, f"[{DIGIT}]" if self.individual_digits else ""] if p]
-        if pieces:
-            texts = tf.strings.regex_replace(texts, "|".join(pieces), MARK + b"\\0" + MARK)
+        if whole:
+            texts = tf.strings.regex_replace(texts, whole, MARK + b"\\0" + MARK)
+        if self._nfc is not None:
+            texts = self._normalize(texts)
+        if self.individual_digits:
+            digits = f"{whole}|[{DIGIT}]" if whole else f"[{DIGIT}]"  # tokens as they are
+            texts = tf.strings.regex_replace(texts, digits, MARK + b"\\0" + MARK)
         # A MARK before the last space of each run that a non-space follows (the end of a
         # piece is none: no RE2 match takes a MARK); whole tokens are passed over as they
         # are, then found before the pre-tokenizer's matches.
@@ -401,6 +426,19 @@ class BPETokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
         texts = tf.strings.regex_replace(texts, word, MARK + b"\\0")
         words = tf.strings.split(texts, sep=MARK)
         return tf.ragged.boolean_mask(words, tf.strings.length(words) > 0)
+
+    def _normalize(self, texts):
+        """NFC of the text between the whole tokens (the reference normalizes what the
+        added tokens leave, not across them)."""
+        pieces = tf.strings.split(texts, sep=MARK)                    # (B, None)
+        flat = pieces.flat_values
+        # below U+0300 no character decomposes for good, composes as second or is a mark
+        stable = tf.strings.regex_full_match(flat, r"[\x00-\x{2ff}]*")
+        changing = tf.where(~stable & (self._whole_table.lookup(flat) < 0))[:, 0]
+        flat = tf.tensor_scatter_nd_update(
+            flat, changing[:, None], self._nfc(tf.gather(flat, changing))
+        )
+        return tf.strings.reduce_join(pieces.with_flat_values(flat), axis=-1, separator=MARK)
 
     def _encode(self, words):
         """Distinct words (U,) -> their ids (U, None): a whole token's id, or BPE's tokens."""
@@ -499,3 +537,138 @@ def _token_bytes(token, byte_of):
     if all(c in byte_of for c in token):
         return bytes(byte_of[c] for c in token)
     return token.encode("utf-8")
+
+
+@functools.cache
+def _nfc_data():
+    """The tables of NFC as the reference has them: full canonical decompositions (code
+    point -> its decomposition's UTF-8), the nonzero combining classes, and the pairs that
+    compose ((first << 21 | second) -> composite)."""
+    unknown = set()
+    for part in NFC_UNKNOWN.split():
+        first, _, last = part.partition("-")
+        unknown.update(range(int(first, 16), int(last or first, 16) + 1))
+    decompositions, classes, compositions = {}, {}, {}
+    for code in range(0x110000):
+        if code in unknown or 0xD800 <= code <= 0xDFFF:
+            continue
+        char = chr(code)
+        if unicodedata.combining(char):
+            classes[code] = unicodedata.combining(char)
+        decomposed = unicodedata.normalize("NFD", char)
+        if decomposed != char:
+            decompositions[code] = decomposed.encode("utf-8")
+        # a primary composite: a pair that NFC joins (no exclusion, no singleton)
+        pair = _canonical_pair(char)
+        if pair and unicodedata.normalize("NFC", pair) == char:
+            compositions[ord(pair[0]) << 21 | ord(pair[1])] = code
+    return decompositions, classes, compositions
+
+
+def _canonical_pair(char):
+    """The two characters of `char`'s canonical decomposition's first step, if two."""
+    if 0xAC00 <= ord(char) <= 0xD7A3:  # Hangul: LV = L + V, LVT = LV + T
+        index = ord(char) - 0xAC00
+        if index % 28:
+            return chr(ord(char) - index % 28) + chr(0x11A7 + index % 28)
+        return chr(0x1100 + index // 588) + chr(0x1161 + index % 588 // 28)
+    fields = unicodedata.decomposition(char).split()
+    if len(fields) == 2 and not fields[0].startswith("<"):
+        return "".join(chr(int(f, 16)) for f in fields)
+    return None
+
+
+class _NFC(tf.Module):
+    """Unicode NFC in core TensorFlow ops, with the reference's tables: decompose each
+    character, order the marks after each starter by combining class, then compose. A
+    tf.Module, so that exports track its tables."""
+
+    def __init__(self):
+        super().__init__()
+        decompositions, classes, compositions = _nfc_data()
+        seconds = sorted({key & 0x1FFFFF for key in compositions})
+        with tf.init_scope():
+            self.decompositions = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(
+                    tf.constant(list(decompositions), tf.int64),
+                    tf.constant(list(decompositions.values()), tf.string),
+                ),
+                default_value=b"",
+            )
+            self.classes = _int_table(classes, 0)
+            self.compositions = _int_table(compositions, -1)
+            self.seconds = _int_table(dict.fromkeys(seconds, 1), 0)
+
+    def __call__(self, texts):
+        """Strings (P,) -> their NFC (P,)."""
+        chars = tf.strings.unicode_decode(texts, "UTF-8")            # (P, None)
+        codes = chars.flat_values                                     # (N,)
+        decomposed = self.decompositions.lookup(tf.cast(codes, tf.int64))
+        each = tf.strings.unicode_encode(codes[:, None], "UTF-8")
+        each = tf.where(decomposed == b"", each, decomposed)
+        texts = tf.strings.reduce_join(chars.with_flat_values(each), axis=-1)
+        chars = tf.strings.unicode_decode(texts, "UTF-8")            # decomposed
+        codes, rows = chars.flat_values, chars.value_rowids()
+        first = tf.concat([tf.ones_like(rows[:1], tf.bool), rows[1:] != rows[:-1]], 0)
+        # canonical order: the marks after a starter (or at a text's start) by class;
+        # argsort by (group, class) is stable
+        classes = self.classes.lookup(tf.cast(codes, tf.int64))      # (N,) int64, 0: starter
+        group = tf.cumsum(tf.cast(first | (classes == 0), tf.int64))
+        order = tf.argsort(group * 256 + classes, stable=True)
+        codes, classes = tf.gather(codes, order), tf.gather(classes, order)
+        composed = self._compose(codes, classes, first)
+        codes = tf.where(composed >= 0, composed, codes)
+        out = chars.with_flat_values(codes)
+        out = tf.ragged.boolean_mask(out, chars.with_flat_values(composed != -2))
+        return tf.strings.unicode_encode(out, "UTF-8")
+
+    def _compose(self, codes, classes, first):
+        """Canonical composition (UAX #15): per code point, its composite (>= 0), -1 to keep
+        it as it is, -2 if it joined the starter before it. Composition runs in chains that
+        start at each text and at each starter that nothing composes with as second (none
+        reaches back past it), all chains a step at a time."""
+        second = self.seconds.lookup(tf.cast(codes, tf.int64)) > 0
+        chain = first | ((classes == 0) & ~second)
+        starts = tf.cast(tf.where(chain)[:, 0], tf.int32)              # (C,)
+        size = tf.size(codes)
+        lengths = tf.concat([starts[1:], size[None]], 0) - starts
+        state = (
+            tf.fill([size], tf.constant(-1, codes.dtype)),            # per code point
+            tf.gather(codes, starts),                                 # (C,) the starter
+            starts,                                                   # its position
+            tf.gather(classes, starts) == 0,                          # whether there is one
+            tf.zeros_like(starts, tf.int64),                          # the last class kept
+        )
+
+        def step(k, out, starter, place, has, last):
+            active = k < lengths
+            at = tf.minimum(starts + k, size - 1)
+            code, cls = tf.gather(codes, at), tf.gather(classes, at)
+            key = tf.cast(starter, tf.int64) * 2**21 + tf.cast(code, tf.int64)
+            composite = tf.cast(self.compositions.lookup(key), codes.dtype)
+            joins = active & has & (composite >= 0) & ((last < cls) | (last == 0))
+            out = tf.tensor_scatter_nd_update(  # the starter becomes the composite
+                out, tf.boolean_mask(place, joins)[:, None], tf.boolean_mask(composite, joins))
+            joined = tf.boolean_mask(at, joins)
+            out = tf.tensor_scatter_nd_update(out, joined[:, None], tf.fill(tf.shape(joined), -2))
+            kept = active & ~joins
+            starts_anew = kept & (cls == 0)
+            starter = tf.where(joins, composite, tf.where(starts_anew, code, starter))
+            return (k + 1, out, starter, tf.where(starts_anew, at, place),
+                    has | starts_anew, tf.where(kept, cls, last))
+
+        _, out, *_ = tf.while_loop(
+            lambda k, *_: k < tf.reduce_max(tf.concat([lengths, [0]], 0)), step, (1, *state)
+        )
+        return out
+
+
+def _int_table(values, default):
+    """A hash table int64 -> int64 (`default` for other keys)."""
+    values = values or {-1: default}  # a table cannot be empty
+    return tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(
+            tf.constant(list(values), tf.int64), tf.constant(list(values.values()), tf.int64)
+        ),
+        default_value=default,
+    )

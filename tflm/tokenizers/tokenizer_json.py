@@ -5,8 +5,9 @@ Llama 3, Qwen2, SmolLM and their kin into a `BPETokenizer`, which gives the same
 core TensorFlow ops; `to_tokenizer_json` writes a `BPETokenizer` back as tokenizer.json
 and tokenizer_config.json, which transformers' `PreTrainedTokenizerFast` (and
 `AutoTokenizer`) load. Anything in a file that `BPETokenizer` cannot reproduce exactly
-(another pre-tokenizer or regex, a normalizer, a SentencePiece model, an added token that
-strips white space) is a `ValueError` that names it: never ids that silently differ.
+(another pre-tokenizer or regex, a normalizer other than NFC, a SentencePiece model, an
+added token that strips white space) is a `ValueError` that names it: never ids that
+silently differ.
 """
 
 import json
@@ -30,8 +31,9 @@ def from_tokenizer_json(path):
     Supported: a BPE model on GPT-2's byte symbols (`ignore_merges` too), pre-tokenized
     by `ByteLevel` with its regex (GPT-2) or by `Split` with the regex of Llama 3 or Qwen2
     (`PATTERNS`) then `ByteLevel` without one, optionally after `Digits` with
-    `individual_digits`; no normalizer; the `ByteLevel` decoder; added tokens (special
-    or not) without lstrip, rstrip or single_word. The bos, eos, pad, unk and mask
+    `individual_digits`; no normalizer, or NFC (Qwen2's); the `ByteLevel` decoder; added
+    tokens (special or not) without lstrip, rstrip or single_word (and, with NFC, matched
+    in the text as it is: normalized false). The bos, eos, pad, unk and mask
     tokens come from tokenizer_config.json beside the file when there is one; otherwise
     bos is the token the post-processor puts first (Llama 3's <|begin_of_text|>) and eos
     is "<|endoftext|>" if it is an added token.
@@ -47,8 +49,7 @@ def from_tokenizer_json(path):
     spec = json.loads(file.read_text(encoding="utf-8"))
     model = spec.get("model") or {}
     _check_model(model, spec, file)
-    if spec.get("normalizer") is not None:
-        raise ValueError(f"{file}: the normalizer {_short(spec['normalizer'])} is not supported.")
+    normalizer = _normalizer(spec.get("normalizer"), file)
     pre_tokenizer, individual_digits = _pre_tokenizer(spec.get("pre_tokenizer"), file)
     decoder = spec.get("decoder") or {}
     if decoder.get("type") != "ByteLevel":
@@ -62,7 +63,7 @@ def from_tokenizer_json(path):
             raise ValueError(f"{file}: the merge {merge!r} is not a pair of tokens.")
         merges.append(" ".join(parts))
     added = sorted(spec.get("added_tokens") or [], key=lambda t: t["id"])
-    _check_added_tokens(added, file)
+    _check_added_tokens(added, normalizer, file)
     owner = {i: t for t, i in vocabulary.items()}
     for token in added:
         content, id = token["content"], token["id"]
@@ -80,6 +81,7 @@ def from_tokenizer_json(path):
         individual_digits=individual_digits,
         added_tokens=contents,
         ignore_merges=bool(model.get("ignore_merges", False)),
+        normalizer=normalizer,
     )
 
 
@@ -120,7 +122,7 @@ def to_tokenizer_json(tokenizer, directory):
              "rstrip": False, "normalized": False, "special": True}
             for t in whole
         ],
-        "normalizer": None,
+        "normalizer": {"type": "NFC"} if tokenizer.normalizer == "NFC" else None,
         "pre_tokenizer": pre_tokenizer,
         "post_processor": _post_processor(tokenizer),
         "decoder": {**byte_level, "use_regex": True},
@@ -197,7 +199,18 @@ def _pre_tokenizer(spec, file):
     raise ValueError(f"{file}: the pre-tokenizer {_short(spec)} is not supported.")
 
 
-def _check_added_tokens(added, file):
+def _normalizer(spec, file):
+    """The tokenizer.json normalizer -> BPETokenizer's normalizer (None or "NFC")."""
+    steps = spec.get("normalizers", []) if (spec or {}).get("type") == "Sequence" else [spec]
+    kinds = [(step or {}).get("type") for step in steps if step is not None]
+    if kinds == []:
+        return None
+    if kinds == ["NFC"]:
+        return "NFC"
+    raise ValueError(f"{file}: the normalizer {_short(spec)} is not supported (only NFC).")
+
+
+def _check_added_tokens(added, normalizer, file):
     for token in added:
         flags = [f for f in ("lstrip", "rstrip", "single_word") if token.get(f)]
         if flags:
@@ -205,6 +218,9 @@ def _check_added_tokens(added, file):
                              f"{', '.join(flags)}, which is not supported.")
         if not token["content"]:
             raise ValueError(f"{file}: an added token (id {token['id']}) is empty.")
+        if normalizer and token.get("normalized", True):
+            raise ValueError(f"{file}: the added token {token['content']!r} is matched in "
+                             f"{normalizer}-normalized text, which is not supported.")
     # `tokenizers` finds the tokens matched on raw text first, then the others between
     # them; with no normalizer that is one pass over all, unless a token of one kind can
     # overlap a token of the other.
