@@ -257,3 +257,10 @@ def test_bad_input_is_an_error():
         BPETokenizer(vocabulary, merges)
     with pytest.raises(ValueError, match="no vocabulary"):
         BPETokenizer().tokenize("abc")
+    with pytest.raises(ValueError, match=r"pre_tokenizer='gpt4' is not one of \['gpt2', 'llama3'"):
+        BPETokenizer(pre_tokenizer="gpt4")
+    with pytest.raises(ValueError, match="normalizer='NFKC' is not None or 'NFC'"):
+        BPETokenizer(normalizer="NFKC")
+    vocabulary["Ġ"] = 32
+    with pytest.raises(ValueError, match=r"Added token\(s\) \['<pad>'\] are not in"):
+        BPETokenizer(vocabulary, merges, added_tokens=["<pad>"])
