@@ -11,11 +11,18 @@ def numpy_softmax(x):
     return e / e.sum(-1, keepdims=True)
 
 
-def numpy_attention(layer, x, causal=False, padding_mask=None, rotary=False):
-    """softmax(Q K^T / sqrt(d_k) + mask) V with the layer's own weights."""
+def dense(layer, x):
+    """x @ kernel (+ bias, when the layer has one)."""
+    y = x @ to_numpy(layer.kernel)
+    return y + to_numpy(layer.bias) if layer.use_bias else y
+
+
+def numpy_attention(layer, x, causal=False, padding_mask=None, rotary=False, window=None):
+    """softmax(Q K^T / sqrt(d_k) + mask) V with the layer's own weights; with a `window`,
+    position i sees positions i - window + 1 .. i."""
     n, k_heads, h = layer.num_heads, layer.num_kv_heads, layer.head_dim
     b, t, _ = x.shape
-    qkv = x @ to_numpy(layer.qkv.kernel) + to_numpy(layer.qkv.bias)
+    qkv = dense(layer.qkv, x)
     q = qkv[..., : n * h].reshape(b, t, n, h)
     k = qkv[..., n * h : (n + k_heads) * h].reshape(b, t, k_heads, h)
     v = qkv[..., (n + k_heads) * h :].reshape(b, t, k_heads, h)
@@ -27,10 +34,12 @@ def numpy_attention(layer, x, causal=False, padding_mask=None, rotary=False):
     mask = np.zeros((b, 1, t, t))
     if causal:
         mask = mask + np.triu(np.full((t, t), -1e9), k=1)
+    if window is not None:
+        mask = mask + np.tril(np.full((t, t), -1e9), k=-window)
     if padding_mask is not None:
         mask = mask + np.where(padding_mask, 0.0, -1e9)[:, None, None, :]
     y = np.einsum("bnqk,bknh->bqnh", numpy_softmax(scores + mask), v).reshape(b, t, n * h)
-    return y @ to_numpy(layer.output_projection.kernel) + to_numpy(layer.output_projection.bias)
+    return dense(layer.output_projection, y)
 
 
 @pytest.mark.parametrize(
@@ -110,3 +119,43 @@ def test_layer_checks_with_dropout(use_bias, num_weights):
         expected_output_shape=(2, 5, 8),
         expected_num_trainable_weights=num_weights,
     )
+
+
+def test_heads_wider_than_the_input_and_biases_on_qkv_only_match_numpy():
+    # Qwen2's biases (q, k and v only) and heads of 8 where 16 / 4 would give 4
+    x = np.random.default_rng(5).normal(size=(2, 7, 16)).astype("float32")
+    layer = run_layer_test(
+        MultiHeadAttention,
+        dict(num_heads=4, num_kv_heads=2, head_dim=8, causal=True, rotary=True, use_bias=False,
+             qkv_bias=True),
+        x,
+        expected_output_shape=(2, 7, 16),
+        expected_num_trainable_weights=3,  # qkv kernel and bias, output kernel
+    )
+    assert layer.qkv.kernel.shape == (16, (4 + 2 * 2) * 8)
+    assert layer.output_projection.kernel.shape == (32, 16)
+    assert not layer.output_projection.use_bias
+    np.testing.assert_allclose(to_numpy(layer(x)), numpy_attention(layer, x, True, rotary=True),
+                               atol=1e-5)
+    cache = assert_cached_decoding_matches(layer, x, prefill=3, max_length=10)
+    assert cache.shape == (2, 2, 10, 2, 8)
+
+
+def test_sliding_window_matches_numpy_and_decodes_with_a_cache():
+    x = np.random.default_rng(6).normal(size=(2, 11, 16)).astype("float32")
+    layer = run_layer_test(
+        MultiHeadAttention,
+        dict(num_heads=4, num_kv_heads=2, causal=True, rotary=True, sliding_window=3),
+        x,
+        expected_output_shape=(2, 11, 16),
+        expected_num_trainable_weights=4,
+    )
+    expected = numpy_attention(layer, x, causal=True, rotary=True, window=3)
+    np.testing.assert_allclose(to_numpy(layer(x)), expected, atol=1e-5)
+    assert not np.allclose(expected, numpy_attention(layer, x, causal=True, rotary=True), atol=1e-3)
+    mask = np.ones((2, 11), bool)
+    mask[1, 9:] = False  # right padding, as generation has
+    np.testing.assert_allclose(to_numpy(layer(x, padding_mask=mask))[mask], expected[mask], atol=1e-5)
+    assert_cached_decoding_matches(layer, x, prefill=5, max_length=14)
+    with pytest.raises(ValueError, match="sliding_window=4 needs causal attention"):
+        MultiHeadAttention(num_heads=2, sliding_window=4)

@@ -11,6 +11,14 @@ BLOCKS = {
                                    norm_position="pre"), 12),
     "post": (TransformerBlock, dict(num_heads=2, intermediate_dim=32, causal=True,
                                     norm_position="post"), 12),
+    # Qwen2's biases, wider heads than 16 / 4, Llama 3's RoPE scaling, Mistral's window:
+    # two RMSNorm scales, qkv kernel and bias, output kernel, fused gate/up and down kernels
+    "llama": (TransformerBlock, dict(
+        num_heads=4, num_kv_heads=2, head_dim=8, intermediate_dim=32, causal=True, rotary=True,
+        rope_scaling=dict(rope_type="llama3", factor=4.0, low_freq_factor=1.0,
+                          high_freq_factor=4.0, original_max_position_embeddings=8),
+        sliding_window=4, activation="swiglu", norm="rmsnorm", use_bias=False, qkv_bias=True,
+    ), 7),
     "lstm": (LSTMBlock, dict(), 5),  # norm (2) and LSTM kernel, recurrent kernel, bias
 }
 
@@ -20,7 +28,7 @@ def make_block(kind):
     return cls(**init_kwargs)
 
 
-@pytest.mark.parametrize("kind", ["pre", "post", "lstm"])
+@pytest.mark.parametrize("kind", BLOCKS)
 def test_layer_checks(kind):
     cls, init_kwargs, num_weights = BLOCKS[kind]
     x = np.random.default_rng(5).normal(size=(2, 5, 16)).astype("float32")
@@ -28,7 +36,7 @@ def test_layer_checks(kind):
                    expected_num_trainable_weights=num_weights)
 
 
-@pytest.mark.parametrize("kind", ["pre", "post", "lstm"])
+@pytest.mark.parametrize("kind", BLOCKS)
 def test_causal_block_never_looks_ahead(kind):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 8, 16)).astype("float32")
@@ -40,7 +48,7 @@ def test_causal_block_never_looks_ahead(kind):
     )
 
 
-@pytest.mark.parametrize("kind", ["pre", "post", "lstm"])
+@pytest.mark.parametrize("kind", BLOCKS)
 def test_cached_decoding_matches_full_sequence(kind):
     x = np.random.default_rng(1).normal(size=(2, 7, 16)).astype("float32")
     assert_cached_decoding_matches(make_block(kind), x, prefill=3)

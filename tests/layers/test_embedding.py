@@ -9,7 +9,7 @@ from tflm.layers import (
     TokenEmbedding,
 )
 from tests.helpers import run_layer_test, to_numpy
-from tests.layers.references import numpy_rope, numpy_sinusoidal
+from tests.layers.references import llama3_frequencies, numpy_rope, numpy_sinusoidal
 
 
 @pytest.mark.parametrize("dim", [6, 7, 32])
@@ -44,6 +44,33 @@ def test_rotary_matches_complex_rotation():
     np.testing.assert_allclose(
         to_numpy(RotaryEmbedding()(x, start_index=7)), numpy_rope(x, start=7), atol=1e-4
     )
+
+
+LLAMA3 = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+              original_max_position_embeddings=64)
+
+
+def test_rotary_with_llama3_scaling_matches_the_reference_frequencies():
+    # A 16-wide head with base 10000 has wavelengths from 6 to 20,000 positions: with an
+    # original context of 64, some are kept, some interpolated and some divided by 8.
+    x = np.random.default_rng(2).normal(size=(2, 40, 3, 16)).astype("float32")
+    rope = run_layer_test(RotaryEmbedding, dict(scaling=LLAMA3), x,
+                          expected_output_shape=(2, 40, 3, 16), run_training_check=False)
+    frequencies = llama3_frequencies(16, 10000.0, 8.0, 1.0, 4.0, 64)
+    plain = 1 / 10000.0 ** (np.arange(8) / 8)
+    assert np.isclose(frequencies, plain).sum() == 1
+    assert np.isclose(frequencies, plain / 8).sum() == 5  # and two interpolated
+    np.testing.assert_allclose(to_numpy(rope(x, start_index=5)),
+                               numpy_rope(x, start=5, frequencies=frequencies), atol=1e-4)
+    default = RotaryEmbedding(scaling={"rope_type": "default"})
+    np.testing.assert_allclose(to_numpy(default(x)), numpy_rope(x), atol=1e-4)
+
+
+def test_unsupported_rope_scaling_is_an_error_naming_it():
+    with pytest.raises(ValueError, match="Unsupported RoPE scaling 'yarn'"):
+        RotaryEmbedding(scaling={"rope_type": "yarn", "factor": 4.0})
+    with pytest.raises(ValueError, match="'llama3' needs high_freq_factor"):
+        RotaryEmbedding(scaling={key: v for key, v in LLAMA3.items() if key != "high_freq_factor"})
 
 
 def test_rotary_scores_depend_only_on_relative_position():

@@ -20,6 +20,14 @@ CONFIGS = {
         TRANSFORMER, position="rotary", activation="swiglu", norm="rmsnorm", num_kv_heads=1,
         use_bias=False,
     ),
+    # heads wider than 16 / 2, biases on q/k/v only (Qwen2), Llama 3's RoPE scaling and a
+    # sliding window (Mistral)
+    "llama3": dict(
+        TRANSFORMER, position="rotary", activation="swiglu", norm="rmsnorm", num_kv_heads=1,
+        head_dim=12, use_bias=False, qkv_bias=True, sliding_window=5, tie_embeddings=False,
+        rope_scaling=dict(rope_type="llama3", factor=4.0, low_freq_factor=1.0,
+                          high_freq_factor=2.0, original_max_position_embeddings=6),
+    ),
     "sinusoidal": dict(TRANSFORMER, position="sinusoidal", tie_embeddings=False),
     "lstm": dict(block="lstm", position="sinusoidal", tie_embeddings=False),
 }
@@ -95,6 +103,25 @@ def test_bad_configurations_are_errors():
         gpt("gpt2", num_heads=3)
     with pytest.raises(ValueError, match="Rotary positions"):
         gpt("lstm", position="rotary")
+    with pytest.raises(ValueError, match="head_dim, sliding_window configure transformer blocks"):
+        gpt("lstm", head_dim=4, sliding_window=3)
+    with pytest.raises(ValueError, match="rope_scaling scales rotary positions; position is 'learned'"):
+        gpt("gpt2", rope_scaling=CONFIGS["llama3"]["rope_scaling"])
+    with pytest.raises(ValueError, match="Unsupported RoPE scaling 'linear'"):
+        gpt("llama", rope_scaling={"type": "linear", "factor": 2.0})
+
+
+def test_llama_options_default_to_what_they_replace():
+    """head_dim, qkv_bias, rope_scaling and sliding_window left out build the model they
+    describe when spelled out: hidden_dim / num_heads, use_bias, none, none."""
+    plain = gpt("llama", tie_embeddings=False)
+    plain.build((None, 10))
+    spelled = gpt("llama", tie_embeddings=False, head_dim=8, qkv_bias=False,
+                  rope_scaling={"rope_type": "default"}, sliding_window=12)
+    spelled.build((None, 10))
+    spelled.set_weights(plain.get_weights())  # the same shapes
+    ids = random_ids((2, 10), 17)
+    np.testing.assert_allclose(to_numpy(spelled(ids)), to_numpy(plain(ids)), atol=1e-5)
 
 
 def test_sequence_longer_than_context_is_an_error():

@@ -17,14 +17,23 @@ class MultiHeadAttention(keras.layers.Layer):
     (grouped-query attention; `num_kv_heads=1` is multi-query attention).
 
     Args:
-        num_heads: number of query heads; must divide the input width.
+        num_heads: number of query heads; must divide the input width unless `head_dim`
+            is given.
         num_kv_heads: number of key/value heads (default `num_heads`); must divide `num_heads`.
+        head_dim: the width of each head (default: input width / num_heads). Queries,
+            keys and values are `num_heads * head_dim` wide, which may differ from the
+            input width; the output projection maps back to it.
         causal: each position attends only to itself and earlier positions.
         rotary: rotate queries and keys by their positions (RoPE).
-        rope_max_wavelength: the RoPE base.
+        rope_max_wavelength: the RoPE base (`rope_theta` in Hugging Face configs).
+        rope_scaling: None, or Llama 3's RoPE scaling (see `RotaryEmbedding`).
+        sliding_window: with causal attention, each position sees only the last
+            `sliding_window` positions, itself included (Mistral); None sees all.
         dropout: dropout on the attention output. Fused attention kernels have no
             dropout on the attention probabilities, so none is applied there.
         use_bias: biases on the projections.
+        qkv_bias: biases on the query, key and value projections (default `use_bias`);
+            Qwen2 has them there and nowhere else.
         kernel_initializer: the initializer of the projection matrices.
         output_kernel_initializer: the output projection's, when it differs (GPT-2
             scales down the projections that write into the residual stream).
@@ -47,11 +56,15 @@ class MultiHeadAttention(keras.layers.Layer):
         self,
         num_heads,
         num_kv_heads=None,
+        head_dim=None,
         causal=False,
         rotary=False,
         rope_max_wavelength=10000.0,
+        rope_scaling=None,
+        sliding_window=None,
         dropout=0.0,
         use_bias=True,
+        qkv_bias=None,
         kernel_initializer="glorot_uniform",
         output_kernel_initializer=None,
         **kwargs,
@@ -62,33 +75,45 @@ class MultiHeadAttention(keras.layers.Layer):
             raise ValueError(
                 f"num_kv_heads={num_kv_heads} must divide num_heads={num_heads}."
             )
+        if sliding_window is not None and not (causal and sliding_window >= 1):
+            raise ValueError(
+                f"sliding_window={sliding_window} needs causal attention and a window of at "
+                "least 1 position."
+            )
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim  # the width in use once built (None: input width / num_heads)
+        self._requested_head_dim = head_dim
         self.causal = causal
         self.rotary = rotary
         self.rope_max_wavelength = rope_max_wavelength
+        self.rope_scaling = rope_scaling
+        self.sliding_window = sliding_window
         self.dropout = dropout
         self.use_bias = use_bias
+        self.qkv_bias = qkv_bias
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.output_kernel_initializer = keras.initializers.get(
             output_kernel_initializer or kernel_initializer
         )
 
         self.rotary_embedding = (
-            RotaryEmbedding(rope_max_wavelength, dtype=self.dtype_policy) if rotary else None
+            RotaryEmbedding(rope_max_wavelength, rope_scaling, dtype=self.dtype_policy)
+            if rotary
+            else None
         )
         self.output_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         hidden_dim = input_shape[-1]
-        if hidden_dim % self.num_heads:
+        if self._requested_head_dim is None and hidden_dim % self.num_heads:
             raise ValueError(
                 f"num_heads={self.num_heads} must divide the hidden width {hidden_dim}."
             )
-        self.head_dim = hidden_dim // self.num_heads
+        self.head_dim = self._requested_head_dim or hidden_dim // self.num_heads
         self.qkv = keras.layers.Dense(
             (self.num_heads + 2 * self.num_kv_heads) * self.head_dim,
-            use_bias=self.use_bias,
+            use_bias=self.use_bias if self.qkv_bias is None else self.qkv_bias,
             kernel_initializer=clone_initializer(self.kernel_initializer),
             dtype=self.dtype_policy,
             name="qkv",
@@ -154,10 +179,14 @@ class MultiHeadAttention(keras.layers.Layer):
     def _attention_mask(self, query_length, key_length, start, padding_mask, cache):
         """A (B or 1, 1, T, S) boolean mask, or None when `is_causal` alone will do."""
         mask = None
-        if self.causal and (cache is not None or padding_mask is not None):
-            query_positions = start + ops.arange(query_length)
-            key_positions = ops.arange(key_length)
-            mask = (key_positions[None, :] <= query_positions[:, None])[None, None]  # (1, 1, T, S)
+        window = self.sliding_window
+        if self.causal and (cache is not None or padding_mask is not None or window is not None):
+            query_positions = (start + ops.arange(query_length))[:, None]
+            key_positions = ops.arange(key_length)[None, :]
+            mask = key_positions <= query_positions  # (T, S)
+            if window is not None:
+                mask = ops.logical_and(mask, key_positions > query_positions - window)
+            mask = mask[None, None]  # (1, 1, T, S)
         if padding_mask is not None:
             padding = ops.cast(padding_mask, "bool")[:, None, None, :]  # (B, 1, 1, S)
             mask = padding if mask is None else ops.logical_and(mask, padding)
@@ -168,11 +197,15 @@ class MultiHeadAttention(keras.layers.Layer):
             **super().get_config(),
             "num_heads": self.num_heads,
             "num_kv_heads": self.num_kv_heads,
+            "head_dim": self._requested_head_dim,
             "causal": self.causal,
             "rotary": self.rotary,
             "rope_max_wavelength": self.rope_max_wavelength,
+            "rope_scaling": self.rope_scaling,
+            "sliding_window": self.sliding_window,
             "dropout": self.dropout,
             "use_bias": self.use_bias,
+            "qkv_bias": self.qkv_bias,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "output_kernel_initializer": keras.initializers.serialize(
                 self.output_kernel_initializer

@@ -25,7 +25,8 @@ class TransformerBlock(keras.layers.Layer):
     `causal=True` for decoders, `False` (bidirectional, with a padding mask) for encoders.
     `output_kernel_initializer` initializes the two projections that write into the
     residual stream (attention output, feed-forward down) when they should differ from
-    `kernel_initializer`.
+    `kernel_initializer`. `num_kv_heads`, `head_dim`, `rope_max_wavelength`,
+    `rope_scaling`, `sliding_window` and `qkv_bias` go to `MultiHeadAttention`.
 
     Example:
     >>> block = TransformerBlock(num_heads=4, intermediate_dim=128, causal=True)
@@ -41,15 +42,19 @@ class TransformerBlock(keras.layers.Layer):
         num_heads,
         intermediate_dim,
         num_kv_heads=None,
+        head_dim=None,
         causal=True,
         rotary=False,
         rope_max_wavelength=10000.0,
+        rope_scaling=None,
+        sliding_window=None,
         activation="gelu",
         norm="layernorm",
         norm_position="pre",
         layer_norm_epsilon=1e-5,
         dropout=0.0,
         use_bias=True,
+        qkv_bias=None,
         kernel_initializer="glorot_uniform",
         output_kernel_initializer=None,
         **kwargs,
@@ -62,15 +67,19 @@ class TransformerBlock(keras.layers.Layer):
         self.num_heads = num_heads
         self.intermediate_dim = intermediate_dim
         self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
         self.causal = causal
         self.rotary = rotary
         self.rope_max_wavelength = rope_max_wavelength
+        self.rope_scaling = rope_scaling
+        self.sliding_window = sliding_window
         self.activation = activation
         self.norm = norm
         self.norm_position = norm_position
         self.layer_norm_epsilon = layer_norm_epsilon
         self.dropout = dropout
         self.use_bias = use_bias
+        self.qkv_bias = qkv_bias
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.output_kernel_initializer = keras.initializers.get(
             output_kernel_initializer or kernel_initializer
@@ -80,11 +89,15 @@ class TransformerBlock(keras.layers.Layer):
         self.attention = MultiHeadAttention(
             num_heads,
             num_kv_heads,
+            head_dim=head_dim,
             causal=causal,
             rotary=rotary,
             rope_max_wavelength=rope_max_wavelength,
+            rope_scaling=rope_scaling,
+            sliding_window=sliding_window,
             dropout=dropout,
             use_bias=use_bias,
+            qkv_bias=qkv_bias,
             kernel_initializer=clone_initializer(self.kernel_initializer),
             output_kernel_initializer=clone_initializer(self.output_kernel_initializer),
             dtype=self.dtype_policy,
@@ -134,15 +147,19 @@ class TransformerBlock(keras.layers.Layer):
             "num_heads": self.num_heads,
             "intermediate_dim": self.intermediate_dim,
             "num_kv_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
             "causal": self.causal,
             "rotary": self.rotary,
             "rope_max_wavelength": self.rope_max_wavelength,
+            "rope_scaling": self.rope_scaling,
+            "sliding_window": self.sliding_window,
             "activation": self.activation,
             "norm": self.norm,
             "norm_position": self.norm_position,
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "dropout": self.dropout,
             "use_bias": self.use_bias,
+            "qkv_bias": self.qkv_bias,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "output_kernel_initializer": keras.initializers.serialize(
                 self.output_kernel_initializer

@@ -1,6 +1,7 @@
 """Token embeddings and the position encodings that go with them."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from tflm.layers.initializers import clone_initializer
@@ -118,6 +119,47 @@ class PositionEmbedding(keras.layers.Layer):
         }
 
 
+ROPE_TYPES = (None, "default", "llama3")
+LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def check_rope_scaling(scaling):
+    """`scaling` (None or a dict in Hugging Face's `rope_scaling` spelling), checked."""
+    if scaling is None:
+        return None
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind not in ROPE_TYPES:
+        raise ValueError(
+            f"Unsupported RoPE scaling {kind!r}; tflm implements {ROPE_TYPES[1:]} (or None)."
+        )
+    missing = [key for key in LLAMA3_KEYS if key not in scaling] if kind == "llama3" else []
+    if missing:
+        raise ValueError(f"RoPE scaling 'llama3' needs {', '.join(missing)}; got {scaling}.")
+    return scaling
+
+
+def rope_inverse_frequencies(head_dim, max_wavelength=10000.0, scaling=None):
+    """The (head_dim / 2,) float32 angles per position of each rotated pair.
+
+    1 / max_wavelength^(2j/d), then with Llama 3's `scaling` (rope_type "llama3"): the
+    pairs of wavelength above original_max_position_embeddings / low_freq_factor turn
+    `factor` times slower, those below original / high_freq_factor unchanged, and those
+    between interpolate smoothly (computed in float32 as transformers does).
+    """
+    exponents = np.arange(0, head_dim, 2, dtype="float32") / np.float32(head_dim)
+    inverse = np.float32(1.0) / np.power(np.float32(max_wavelength), exponents)
+    scaling = check_rope_scaling(scaling)
+    if scaling is None or scaling.get("rope_type", scaling.get("type")) in (None, "default"):
+        return inverse
+    factor, low, high, context = (np.float32(scaling[key]) for key in LLAMA3_KEYS)
+    wavelength = np.float32(2 * np.pi) / inverse
+    scaled = np.where(wavelength > context / low, inverse / factor, inverse)
+    smooth = (context / wavelength - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelength >= context / high) & (wavelength <= context / low)
+    return np.where(medium, smoothed, scaled).astype("float32")
+
+
 @keras.saving.register_keras_serializable(package="tflm")
 class RotaryEmbedding(keras.layers.Layer):
     """Rotary position embedding (RoPE), applied to queries and keys inside attention.
@@ -125,17 +167,27 @@ class RotaryEmbedding(keras.layers.Layer):
     `call(x, start_index=0)` rotates `x` of shape (B, T, heads, head_dim): each pair
     (x[j], x[j + d/2]) of position p turns by the angle p / max_wavelength^(2j/d)
     (the "rotate half" layout of GPT-NeoX and LLaMA).
+
+    `scaling` stretches the long wavelengths for contexts beyond the pretraining one, in
+    Hugging Face's `rope_scaling` spelling: None (or rope_type "default") for none, or
+    Llama 3's `{"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+    "original_max_position_embeddings"}` (see `rope_inverse_frequencies`).
+
+    Example:
+    >>> rope = RotaryEmbedding(max_wavelength=500000.0)
+    >>> q = rope(np.ones((2, 8, 4, 16)), start_index=3)                  # (2, 8, 4, 16)
     """
 
-    def __init__(self, max_wavelength=10000.0, **kwargs):
+    def __init__(self, max_wavelength=10000.0, scaling=None, **kwargs):
         super().__init__(**kwargs)
         self.max_wavelength = max_wavelength
+        self.scaling = check_rope_scaling(scaling)
         self.built = True
 
     def call(self, x, start_index=0):
-        seq_len, head_dim = ops.shape(x)[1], ops.shape(x)[-1]
-        inverse_freq = 1.0 / ops.power(
-            self.max_wavelength, ops.arange(0, head_dim, 2, dtype="float32") / head_dim
+        seq_len, head_dim = ops.shape(x)[1], x.shape[-1]
+        inverse_freq = ops.convert_to_tensor(
+            rope_inverse_frequencies(head_dim, self.max_wavelength, self.scaling)
         )
         angles = _positions(start_index, seq_len)[:, None] * inverse_freq[None, :]
         angles = ops.concatenate([angles, angles], axis=-1)[None, :, None, :]  # (1, T, 1, d)
@@ -146,7 +198,8 @@ class RotaryEmbedding(keras.layers.Layer):
         return x * cos + rotated_half * sin
 
     def get_config(self):
-        return {**super().get_config(), "max_wavelength": self.max_wavelength}
+        return {**super().get_config(), "max_wavelength": self.max_wavelength,
+                "scaling": self.scaling}
 
 
 POSITION_KINDS = ("learned", "sinusoidal", "rotary", "none")

@@ -88,15 +88,17 @@ class Backbone(keras.Model):
 # -- the block factories: `block` picks one ------------------------------------------------
 
 TRANSFORMER_ARGUMENTS = (
-    "num_heads", "intermediate_dim", "num_kv_heads", "activation", "norm_position", "use_bias",
-    "rope_max_wavelength", "scaled_residual_init",
+    "num_heads", "intermediate_dim", "num_kv_heads", "head_dim", "activation", "norm_position",
+    "use_bias", "qkv_bias", "rope_max_wavelength", "rope_scaling", "sliding_window",
+    "scaled_residual_init",
 )
 
 
 def transformer_blocks(num_layers, hidden_dim, *, causal, position, norm, layer_norm_epsilon,
                        dropout, initializer, dtype, num_heads, intermediate_dim, num_kv_heads=None,
-                       activation="gelu", norm_position="pre", use_bias=True,
-                       rope_max_wavelength=10000.0, scaled_residual_init=False):
+                       head_dim=None, activation="gelu", norm_position="pre", use_bias=True,
+                       qkv_bias=None, rope_max_wavelength=10000.0, rope_scaling=None,
+                       sliding_window=None, scaled_residual_init=False):
     """`num_layers` `TransformerBlock`s, each with initializers of its own.
 
     With `scaled_residual_init`, the two projections of a block that write into the
@@ -106,7 +108,7 @@ def transformer_blocks(num_layers, hidden_dim, *, causal, position, norm, layer_
     for name, value in (("num_heads", num_heads), ("intermediate_dim", intermediate_dim)):
         if not value:
             raise ValueError(f"Transformer blocks need {name}; got {value!r}.")
-    if hidden_dim % num_heads:
+    if head_dim is None and hidden_dim % num_heads:
         raise ValueError(f"num_heads={num_heads} must divide hidden_dim={hidden_dim}.")
     output_initializer = clone_initializer(initializer)
     if scaled_residual_init:
@@ -118,15 +120,19 @@ def transformer_blocks(num_layers, hidden_dim, *, causal, position, norm, layer_
             num_heads,
             intermediate_dim,
             num_kv_heads=num_kv_heads,
+            head_dim=head_dim,
             causal=causal,
             rotary=position == "rotary",
             rope_max_wavelength=rope_max_wavelength,
+            rope_scaling=rope_scaling,
+            sliding_window=sliding_window,
             activation=activation,
             norm=norm,
             norm_position=norm_position,
             layer_norm_epsilon=layer_norm_epsilon,
             dropout=dropout,
             use_bias=use_bias,
+            qkv_bias=qkv_bias,
             kernel_initializer=clone_initializer(initializer),
             output_kernel_initializer=clone_initializer(output_initializer),
             dtype=dtype,

@@ -7,6 +7,7 @@ import keras
 from keras import ops
 
 from tflm.layers import TokenAndPositionEmbedding, normalization
+from tflm.layers.embedding import check_rope_scaling
 from tflm.models.base import BLOCKS, TRANSFORMER_ARGUMENTS, Backbone
 from tflm.models.metrics import Perplexity
 from tflm.models.presets import GPT_PRESETS
@@ -42,9 +43,19 @@ class GPT(Backbone):
     Every GPT preset uses initializer_range=0.02 and scaled_residual_init=True.
 
     Arguments after `block` up to `remat` apply to both kinds of block; `num_heads`,
-    `intermediate_dim`, `num_kv_heads`, `activation`, `norm_position`, `use_bias`,
-    `rope_max_wavelength` and `scaled_residual_init` configure transformer blocks, and an
-    LSTM GPT refuses them.
+    `intermediate_dim`, `num_kv_heads`, `head_dim`, `activation`, `norm_position`,
+    `use_bias`, `qkv_bias`, `rope_max_wavelength`, `rope_scaling`, `sliding_window` and
+    `scaled_residual_init` configure transformer blocks, and an LSTM GPT refuses them.
+    Those that Llama-family checkpoints need:
+
+    - `head_dim`: the width of each attention head (default hidden_dim / num_heads);
+    - `qkv_bias`: biases on the query, key and value projections only (Qwen2), with
+      `use_bias=False` for the rest (default: as `use_bias`);
+    - `rope_max_wavelength`: the RoPE base (`rope_theta`), and `rope_scaling`: None or
+      Llama 3's `{"rope_type": "llama3", "factor", "low_freq_factor",
+      "high_freq_factor", "original_max_position_embeddings"}`;
+    - `sliding_window`: each position attends to the last `sliding_window` positions
+      only, itself included (Mistral); None for all.
 
     Example:
     >>> model = GPT.from_preset("shakespeare-char")
@@ -73,10 +84,14 @@ class GPT(Backbone):
         num_heads=None,
         intermediate_dim=None,
         num_kv_heads=None,
+        head_dim=None,
         activation="gelu",
         norm_position="pre",
         use_bias=True,
+        qkv_bias=None,
         rope_max_wavelength=10000.0,
+        rope_scaling=None,
+        sliding_window=None,
         scaled_residual_init=True,
         tokenizer=None,
         **kwargs,
@@ -86,6 +101,8 @@ class GPT(Backbone):
             raise ValueError(f"Unknown block {block!r}; expected one of {sorted(BLOCKS)}.")
         if block == "lstm":
             _check_unused_transformer_arguments(locals())
+        if check_rope_scaling(rope_scaling) is not None and position != "rotary":
+            raise ValueError(f"rope_scaling scales rotary positions; position is {position!r}.")
         block_arguments = {name: value for name, value in locals().items()
                            if name in BLOCKS[block].arguments}
         self.set_config(
