@@ -254,23 +254,33 @@ def serve(args):
 
 def add_convert_command(commands):
     parser = commands.add_parser(
-        "convert", help="import a Hugging Face checkpoint (BERT, MiniLM, GPT-2) as a tflm model",
-        description="Write the model a handle names as a .keras file or a tflm preset directory.")
+        "convert", help="convert a model: a Hugging Face checkpoint to tflm, or tflm to Hugging Face",
+        description="Write the model a handle names as a .keras file or a tflm preset directory, "
+                    "or with --to-huggingface as a Hugging Face model directory.")
     parser.add_argument("source", help=MODEL_HANDLE)
     parser.add_argument("output", nargs="?",
                         help="a .keras file, or a directory to write as a tflm preset")
     parser.add_argument("--output", dest="output_flag", metavar="OUTPUT", help="as OUTPUT")
+    parser.add_argument("--to-huggingface", metavar="DIR",
+                        help="write a GPT (GPT-2 or Llama layout) or an Encoder (BERT layout) with its "
+                             "tokenizer as a Hugging Face model directory that transformers loads")
     parser.set_defaults(run=convert)
 
 
 def convert(args):
     from tflm import hub
 
-    if (args.output is None) == (args.output_flag is None):
-        raise ValueError("convert needs one output: a .keras file or a preset directory.")
-    output = args.output or args.output_flag
+    outputs = [o for o in (args.output, args.output_flag, args.to_huggingface) if o is not None]
+    if len(outputs) != 1:
+        raise ValueError("convert needs one output: a .keras file, a preset directory, "
+                         "or --to-huggingface DIR.")
+    [output] = outputs
     model = hub.load(args.source, pretrained=True)
-    if output.endswith(".keras"):
+    if args.to_huggingface:
+        from tflm.convert import to_huggingface
+
+        to_huggingface(model, output)
+    elif output.endswith(".keras"):
         model.save(output)
     else:
         model.save_to_preset(output)
