@@ -67,6 +67,8 @@ def models():
                            layer_norm_epsilon=1e-6, tokenizer=char), True),
         "qwen2": (tiny_gpt(position="rotary", norm="rmsnorm", activation="swiglu", use_bias=False,
                            qkv_bias=True, num_kv_heads=1, head_dim=16, tokenizer=char), True),
+        "mistral": (tiny_gpt(position="rotary", norm="rmsnorm", activation="swiglu", use_bias=False,
+                             num_kv_heads=2, sliding_window=4, tokenizer=char), True),  # ids: 11 long
         "bert": (Encoder(vocab_size=wordpiece.vocabulary_size(), num_layers=2, num_heads=4,
                          hidden_dim=32, intermediate_dim=48, max_sequence_length=64,
                          tokenizer=wordpiece), False),
@@ -99,7 +101,7 @@ def exported(tmp_path_factory):
     return cases, jobs, reference(jobs)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2", "bert"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2", "mistral", "bert"])
 def test_transformers_loads_the_export_and_computes_what_tflm_does(exported, name):
     cases, jobs, answers = exported
     (model, causal), job = cases[name], next(j for j in jobs if j["directory"].endswith(name))

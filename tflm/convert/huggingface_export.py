@@ -8,10 +8,9 @@ embeddings) or in Llama's (rotary positions, RMSNorm, SwiGLU, no biases; Qwen2's
 only q/k/v have biases), whichever its options match; an Encoder in BERT's. An option
 that neither layout has is an error that names it, so an export never computes something
 else than the model. The weights are those of the tflm model in float32; the tokenizer
-goes with them in the files transformers' tokenizers read: tokenizer.json (a BPETokenizer,
-with its pre-tokenizer and added tokens), vocab.json and merges.txt (a ByteTokenizer, or a
-CharTokenizer of single-byte characters, as byte-level BPE without merges) or vocab.txt
-(WordPiece).
+goes with them in the files transformers' tokenizers read: tokenizer.json (a BPETokenizer
+with its pre-tokenizer and added tokens; a ByteTokenizer, or a CharTokenizer of single-byte
+characters, as byte-level BPE without merges) or vocab.txt (WordPiece).
 """
 
 import json
@@ -228,12 +227,12 @@ def _write_tokenizer(tokenizer, directory):
                                              encoding="utf-8")
         settings = {"tokenizer_class": "BertTokenizer", "do_lower_case": tokenizer.lowercase,
                     "strip_accents": tokenizer.strip_accents}
-    elif isinstance(tokenizer, BPETokenizer):  # its pre-tokenizer, added tokens, ... as well
-        to_tokenizer_json(tokenizer, directory)
+    elif isinstance(tokenizer, BPETokenizer):
+        to_tokenizer_json(tokenizer, directory)  # its pre-tokenizer, added tokens, ... as well
         settings = json.loads((directory / "tokenizer_config.json").read_text())
     elif isinstance(tokenizer, (ByteTokenizer, CharTokenizer)):
         _write_byte_level(tokenizer, directory)
-        settings = {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": False}
+        settings = {"tokenizer_class": "PreTrainedTokenizerFast"}
     else:
         raise TypeError(f"A {type(tokenizer).__name__} has no Hugging Face counterpart.")
     settings.update(specials)
@@ -244,13 +243,16 @@ def _write_tokenizer(tokenizer, directory):
 
 
 def _write_byte_level(tokenizer, directory):
-    """A byte or character vocabulary as byte-level BPE with no merges: each id is one
-    byte, so its text splits into the same ids."""
+    """A byte or character vocabulary as a tokenizer.json of byte-level BPE with no merges:
+    each id is one byte, so a text splits into the same ids. (A BPETokenizer needs all 256
+    bytes, which a character vocabulary lacks.)"""
     unicode_of = _byte_to_unicode()
     specials = tokenizer.special_tokens_list()
-    vocabulary = {}
+    vocabulary, added = {}, []
     for token_id, token in enumerate(tokenizer.get_vocabulary()):
         if token in specials:
+            added.append({"id": token_id, "content": token, "single_word": False, "lstrip": False,
+                          "rstrip": False, "normalized": False, "special": True})
             vocabulary[token] = token_id
             continue
         data = token if isinstance(token, bytes) else token.encode("utf-8")
@@ -258,5 +260,12 @@ def _write_byte_level(tokenizer, directory):
             raise ValueError(f"The character {token!r} is {len(data)} bytes in UTF-8: only a "
                              "vocabulary of single-byte characters has a byte-level counterpart.")
         vocabulary[unicode_of[data[0]]] = token_id
-    (directory / "vocab.json").write_text(json.dumps(vocabulary, ensure_ascii=False), encoding="utf-8")
-    (directory / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    document = {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+        "normalizer": None, "pre_tokenizer": byte_level, "post_processor": None, "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                  "ignore_merges": False, "vocab": vocabulary, "merges": []},
+    }
+    (directory / "tokenizer.json").write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
