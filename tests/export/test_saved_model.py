@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import tflm
 from tests.helpers import ROOT, run_in_core_tensorflow
 from tflm.export import saved_model
 
@@ -80,6 +81,15 @@ def test_generate_tokens_in_steps_produces_what_generate_does(gpt, gpt_export):
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
             model.signatures["generate_tokens"](**bad, token_ids=tf.constant(token_ids),
                                                 steps=tf.constant(steps))
+
+
+def test_a_model_not_yet_built_is_built_and_exported(gpt, tmp_path):
+    model = tflm.GPT(**{**gpt.get_config(), "name": "fresh"})
+    assert not model.built
+    path = saved_model(model, tmp_path / "fresh", warmup_batch_size=0)
+    logits = tf.saved_model.load(str(path)).signatures["logits"](token_ids=tf.constant([[1, 2]]))
+    np.testing.assert_allclose(logits["logits"], keras.ops.convert_to_numpy(model(np.array([[1, 2]]))),
+                               atol=1e-5)
 
 
 def test_versions_count_up_and_are_never_overwritten(gpt, tmp_path):

@@ -73,6 +73,9 @@ def saved_model(model, base_path, version=None, max_new_tokens=None, warmup_batc
         raise ValueError("Only a model with a tokenizer can be exported: its signatures take text.")
     if warmup_batch_size < 0:
         raise ValueError(f"warmup_batch_size must be 0 or more; got {warmup_batch_size}.")
+    if not model.built:  # its weights exist once built; Keras exports only built layers
+        model.build({"token_ids": (None, None), "padding_mask": (None, None)}
+                    if isinstance(model, Classifier) else (None, None))
     if isinstance(model, GPT):
         archive = _gpt_archive(model, max_new_tokens)
         warmup = _gpt_warmup(model, warmup_batch_size)
