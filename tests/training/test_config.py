@@ -35,20 +35,46 @@ def test_unknown_keys_and_bad_overrides_are_errors():
         load_config("nope")
 
 
-def test_a_config_file_must_have_every_key_and_no_other(tmp_path):
-    config = load_config()
-    del config["optimizer"]["beta_2"]
-    save_config(config, tmp_path / "a.yaml")
-    with pytest.raises(ValueError, match="lacks 'optimizer.beta_2'"):
+def flatten(config, prefix=""):
+    """"section.key" -> value, written out here rather than taken from the module under test."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def test_a_config_file_names_only_what_it_changes(tmp_path):
+    (tmp_path / "my.yaml").write_text("data:\n  train: corpus.txt\ntrain:\n  max_steps: 100\n")
+    config = flatten(load_config(tmp_path / "my.yaml"))
+    default = flatten(yaml.safe_load(DEFAULT_CONFIG.read_text()))
+    assert set(config) == set(default)
+    assert config.pop("data.train") == "corpus.txt" and config.pop("train.max_steps") == 100
+    assert config == {k: v for k, v in default.items() if k not in ("data.train", "train.max_steps")}
+    # an empty section or file changes nothing; overrides still apply after the file
+    (tmp_path / "empty.yaml").write_text("# nothing\n")
+    assert load_config(tmp_path / "empty.yaml") == load_config()
+    (tmp_path / "b.yaml").write_text("model:\ntrain:\n  seed: 3\n")
+    assert load_config(tmp_path / "b.yaml", ["train.seed=4"])["train"]["seed"] == 4
+
+
+def test_unknown_keys_in_a_config_file_are_errors_naming_the_valid_ones(tmp_path):
+    (tmp_path / "a.yaml").write_text("data:\n  shuffle_buffer: 10\n")
+    with pytest.raises(ValueError, match="unknown key 'data.shuffle_buffer'; the keys of section "
+                                         "'data' are: train, validation_split, seq_len"):
         load_config(tmp_path / "a.yaml")
-    config = load_config()
-    config["data"]["shuffle_buffer"] = 10
-    save_config(config, tmp_path / "b.yaml")
-    with pytest.raises(ValueError, match="unknown key 'data.shuffle_buffer'"):
+    (tmp_path / "b.yaml").write_text("optimiser:\n  learning_rate: 1\n")
+    with pytest.raises(ValueError, match="unknown key 'optimiser'; the keys of a config are: "
+                                         "model, tokenizer, data, optimizer, train, output"):
         load_config(tmp_path / "b.yaml")
-    (tmp_path / "c.yaml").write_text("model: [1, 2")
-    with pytest.raises(ValueError, match="not valid YAML"):
+    (tmp_path / "c.yaml").write_text("model: 3\n")
+    with pytest.raises(ValueError, match="'model' must be a section"):
         load_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("model: [1, 2")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_config(tmp_path / "d.yaml")
 
 
 def test_saved_config_reads_back_the_same(tmp_path):
@@ -83,3 +109,30 @@ def test_a_resume_record_keeps_what_a_resumed_run_may_not_change():
         "model.num_kv_heads: null -> 2", "data.seq_len: 128 -> 64",
         "train.mixed_precision: null -> mixed_bfloat16"]
     assert changes({"a": 1}, {"b": "x"}) == ["a: 1 -> (none)", "b: (none) -> x"]
+
+
+def test_tflm_train_runs_a_three_line_config_and_saves_it_resolved(tflm_train, tmp_path):
+    import subprocess
+
+    from tflm.data.corpora import tiny_shakespeare
+
+    (tmp_path / "corpus.txt").write_text(tiny_shakespeare().read_text()[:20_000])
+    (tmp_path / "my.yaml").write_text("data:\n  train: corpus.txt\ntrain: {max_steps: 6, eval_every: 3}\n")
+    sizes = [o for o in tflm_train.SMALL if o.split("=")[0] not in ("train.max_steps", "train.eval_every")]
+    args = tflm_train.args("run", *sizes)[: 4] + ["--config", "my.yaml"]
+    for override in [*sizes, "output.dir=run"]:
+        args += ["--set", override]
+    result = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Trained to step 6" in result.stdout
+    saved = flatten(yaml.safe_load((tmp_path / "run" / "config.yaml").read_text()))
+    default = flatten(yaml.safe_load(DEFAULT_CONFIG.read_text()))
+    assert set(saved) == set(default)
+    assert saved["data.train"] == "corpus.txt" and saved["train.max_steps"] == 6
+    assert saved["model.num_layers"] == 1 and saved["optimizer.beta_2"] == default["optimizer.beta_2"]
+    # a misspelt key stops the command, naming the valid ones
+    (tmp_path / "bad.yaml").write_text("train:\n  max_step: 6\n")
+    result = subprocess.run([*args[:4], "--config", "bad.yaml"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode != 0 and "unknown key 'train.max_step'" in result.stderr
+    assert "max_minutes, max_steps, eval_every" in result.stderr

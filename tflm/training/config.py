@@ -1,7 +1,8 @@
-"""Training configurations: YAML files with every value spelled out, plus `--set` overrides.
+"""Training configurations: YAML files merged over the default, plus `--set` overrides.
 
-The files live in the repository's configs/ (shipped in the package as tflm/configs).
-A configuration is plain data; `tflm.training.train(config)` reads it.
+The default (configs/shakespeare-char.yaml, shipped in the package as tflm/configs) spells
+out every value; a user's file names only what it changes. A configuration is plain data;
+`tflm.training.train(config)` reads it.
 """
 
 import copy
@@ -36,18 +37,54 @@ def config_path(name):
 
 
 def load_config(path=None, overrides=()):
-    """The configuration in `path` (default: configs/shakespeare-char.yaml) with
-    `overrides` ("section.key=value" strings, values in YAML syntax) applied.
+    """The default configuration (configs/shakespeare-char.yaml) with the file `path`
+    merged over it, section by section, then `overrides` ("section.key=value" strings,
+    values in YAML syntax) applied.
 
-    A config must spell out every key of the default one and no other: a missing key
-    or a misspelt override is an error that names it.
+    A file names only the values it changes:
+
+    ```yaml
+    data:
+      train: my_corpus.txt
+    train:
+      max_steps: 2000
+    ```
+
+    An unknown section or key, in the file or an override, is an error naming the valid ones.
     """
-    path = DEFAULT_CONFIG if path is None else config_path(path)
-    config = _read(path)
-    _check_keys(config, _read(DEFAULT_CONFIG), str(path))
+    config = _read(DEFAULT_CONFIG)
+    if path is not None:
+        path = config_path(path)
+        config = merge_config(_read(path, allow_empty=True), config, where=str(path))
     for override in overrides:
         set_value(config, override)
     return config
+
+
+def merge_config(config, default=None, where="the config"):
+    """A copy of `default` (the default configuration when None) with the values of the
+    partial configuration `config` in place of its own. Sections merge key by key."""
+    merged = copy.deepcopy(_read(DEFAULT_CONFIG) if default is None else default)
+    _merge(merged, config or {}, where)
+    return merged
+
+
+def _merge(into, config, where, prefix=""):
+    for key, value in config.items():
+        name = prefix + str(key)
+        if key not in into:
+            place = f"section {prefix[:-1]!r}" if prefix else "a config"
+            raise ValueError(f"{where} has an unknown key {name!r}; the keys of {place} are: "
+                             f"{', '.join(into)}.")
+        if isinstance(into[key], dict):
+            if value is None:  # a section left empty (only comments) changes nothing
+                continue
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}: {name!r} must be a section (a mapping of keys "
+                                 f"{', '.join(into[key])}); got {value!r}.")
+            _merge(into[key], value, where, name + ".")
+        else:
+            into[key] = copy.deepcopy(value)
 
 
 def set_value(config, assignment):
@@ -59,7 +96,9 @@ def set_value(config, assignment):
     node = config
     for i, section in enumerate(sections):
         if not isinstance(node.get(section), dict):
-            raise KeyError(f"Unknown config section {'.'.join(sections[: i + 1])!r}.")
+            known = ", ".join(k for k, v in node.items() if isinstance(v, dict))
+            raise KeyError(f"Unknown config section {'.'.join(sections[: i + 1])!r}; the "
+                           f"sections there are: {known}.")
         node = node[section]
     if name not in node:
         raise KeyError(
@@ -117,25 +156,13 @@ def _parse(text, current):
     return value
 
 
-def _read(path):
+def _read(path, allow_empty=False):
     try:
         config = yaml.safe_load(Path(path).read_text())
     except yaml.YAMLError as error:
         raise ValueError(f"{path} is not valid YAML: {error}") from None
+    if config is None and allow_empty:  # an empty file (or only comments) changes nothing
+        return {}
     if not isinstance(config, dict):
         raise ValueError(f"{path} must hold a mapping of sections; got {type(config).__name__}.")
-    return copy.deepcopy(config)
-
-
-def _check_keys(config, reference, where, prefix=""):
-    for key, value in reference.items():
-        name = prefix + key
-        if key not in config:
-            raise ValueError(f"{where} lacks {name!r} (configs/shakespeare-char.yaml has every key).")
-        if isinstance(value, dict):
-            if not isinstance(config[key], dict):
-                raise ValueError(f"{where}: {name!r} must be a section.")
-            _check_keys(config[key], value, where, name + ".")
-    for key in config:
-        if key not in reference:
-            raise ValueError(f"{where} has an unknown key {prefix + key!r}.")
+    return config

@@ -35,7 +35,7 @@ from tflm.training.checkpoints import (
     load_tokenizer,
     save_tokenizer,
 )
-from tflm.training.config import changes, resume_record, save_config
+from tflm.training.config import changes, merge_config, resume_record, save_config
 from tflm.training.distribute import distribution_strategy, is_chief, is_multi_worker
 from tflm.training.optimizers import adamw
 
@@ -59,8 +59,9 @@ def train(config, start=None, print_fn=print):
     configuration resolved) and, at the end, model.keras. A resume whose settings differ
     from the checkpoint's in what it depends on stops before writing anything, unless
     `train.resume` is "force". `start` is when the run began (time.time()), for
-    `train.max_minutes`.
+    `train.max_minutes`. A partial `config` is merged over the default (`load_config`).
     """
+    config = merge_config(config)
     start = time.time() if start is None else start
     if config["train"]["resume"] not in RESUME_MODES:
         raise ValueError(f"train.resume must be one of {', '.join(RESUME_MODES)}; got "
