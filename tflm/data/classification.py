@@ -213,3 +213,36 @@ def classification_dataset(
     ).prefetch(tf.data.AUTOTUNE)
     ds.label_names = label_names
     return ds
+
+
+def text_batches(data, labels=None, *, tokenizer, seq_len, batch_size=32, shuffle=False,
+                 seed=None, pad_to_multiple_of=16):
+    """Texts (a list or array of strings), with their `labels` (class ids) or not, or a
+    `tf.data.Dataset` of texts or of `(text, label[, weight])`, batched or not -> batches
+    of `{"token_ids", "padding_mask"}` (and the rest of each element), as a `Classifier`'s
+    `predict`, `fit` and `evaluate` take them. Each batch is padded to its longest text,
+    rounded up to `pad_to_multiple_of` (few shapes for XLA to compile)."""
+    if isinstance(data, tf.data.Dataset):
+        if labels is not None:
+            raise ValueError("A dataset holds its own labels: give (text, label) elements, "
+                             "not a second argument.")
+        ds = data
+        texts_spec = tf.nest.flatten(ds.element_spec)[0]
+        if texts_spec.shape.rank == 0:  # one text an element: batch them
+            ds = ds.batch(batch_size)
+    else:
+        texts = tf.reshape(tf.convert_to_tensor(data, tf.string), [-1])  # a str, a list, ...
+        if labels is None:
+            ds = tf.data.Dataset.from_tensor_slices(texts)
+        else:
+            ds = tf.data.Dataset.from_tensor_slices((texts, tf.constant(labels, tf.int32)))
+        if shuffle:
+            ds = ds.shuffle(ds.cardinality(), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size)
+    _body_length(tokenizer, seq_len)  # fail before building the pipeline
+
+    def encode(texts, *rest):
+        inputs = encode_texts(texts, tokenizer, seq_len, pad_to_multiple_of)
+        return (inputs, *rest) if rest else inputs
+
+    return ds.map(encode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -149,6 +149,8 @@ class Encoder(Backbone):
         )
 
     def build(self, input_shape):
+        if self.built:  # a preset comes built: building again keeps its weights
+            return
         ids_shape = token_ids_of(input_shape)
         hidden_shape = (*ids_shape, self.hidden_dim)
         self.embedding.build(ids_shape)
