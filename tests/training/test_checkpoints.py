@@ -194,3 +194,32 @@ def test_a_saved_tokenizer_loads_back_the_same(kind, tmp_path):
     assert loaded.get_vocabulary() == tokenizer.get_vocabulary()
     np.testing.assert_array_equal(loaded("the lazy fox"), tokenizer("the lazy fox"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer"]
+
+
+def test_a_resume_is_announced_and_a_rebuilt_model_resumes(tmp_path, capsys):
+    x, y = data()
+    checkpointing = Checkpointing(CheckpointManager(tmp_path), every_n_steps=5)
+    model = small_model()
+    model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0, callbacks=[checkpointing])
+    assert "Resuming" not in capsys.readouterr().out  # nothing to resume from
+    # the same model fitted again continues as it is, with nothing to announce
+    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0, callbacks=[checkpointing])
+    assert "Resuming" not in capsys.readouterr().out
+    trained = model.get_weights()
+    # a notebook cell run again: a model built afresh, the same callback and directory
+    again = small_model(seed=3)
+    again.fit(x[:4], y[:4], batch_size=4, epochs=1, shuffle=False, verbose=0,
+              callbacks=[checkpointing])
+    assert capsys.readouterr().out == f"Resuming from checkpoint at step 24 (epoch 1) in {tmp_path}.\n"
+    assert int(again.optimizer.iterations.numpy()) == 25
+    # a new callback on the directory, at the end of an epoch ("epoch": after validation)
+    third = small_model(seed=4)
+    third.fit(x[:4], y[:4], batch_size=4, epochs=1, verbose=0,
+              callbacks=[Checkpointing(CheckpointManager(tmp_path), every_n_steps="epoch")])
+    assert capsys.readouterr().out == f"Resuming from checkpoint at step 25 (epoch 1) in {tmp_path}.\n"
+    for a, b in zip(trained, third.get_weights()):
+        assert not np.array_equal(a, b)  # it trained one step further than `trained`
+    quiet = small_model(seed=5)
+    quiet.fit(x[:4], y[:4], batch_size=4, epochs=1, verbose=0,
+              callbacks=[Checkpointing(CheckpointManager(tmp_path), print_fn=None)])
+    assert capsys.readouterr().out == ""

@@ -1,4 +1,5 @@
 import subprocess
+from pathlib import Path
 import sys
 
 import keras
@@ -85,3 +86,118 @@ def test_a_pretrained_path_that_is_not_an_encoder_is_an_error(tmp_path):
     gpt.save(tmp_path / "gpt.keras")
     with pytest.raises(ValueError, match="is not an encoder with a tokenizer"):
         load_encoder(tmp_path / "gpt.keras")
+
+
+class Terminate(keras.callbacks.Callback):
+    """Send this process SIGTERM after optimizer step `at`, as a scheduler stopping a job would."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) == self.at:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def held_out(seed=0, fraction=0.1):
+    """The rows `finetune` holds out for validation without --valid, chosen here as its
+    docstring says: a seeded shuffle of the row numbers, the first 10%."""
+    import random
+
+    from tflm.data.classification import read_labelled
+
+    texts, labels = read_labelled(SAMPLE, "text", "label")
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    held = sorted(order[: int(len(texts) * fraction)])
+    return [texts[i] for i in held], [labels[i] for i in held]
+
+
+def events(log_dir, tag):
+    """step -> tensor of each summary `tag` written under `log_dir`."""
+    import tensorflow as tf
+
+    found = {}
+    for path in sorted(Path(log_dir).glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    found[event.step] = tf.make_ndarray(value.tensor)
+    return found
+
+
+def test_finetune_logs_checkpoints_resumes_exactly_and_shows_a_confusion_matrix(
+        tiny_encoder, tmp_path, capsys, scalars):
+    import tensorflow as tf
+
+    from tflm.training.finetune import finetune
+
+    # 180 training rows in batches of 16: 12 steps, validated every 5 (three "epochs", 15 steps)
+    options = dict(epochs=1, learning_rate=1e-3, batch_size=16, eval_every=5, seq_len=32,
+                   patience=10, verbose=0, log_every=1)
+    finetune(tiny_encoder, SAMPLE, output=tmp_path / "a" / "c.keras", **options)
+    out = capsys.readouterr().out
+    logs = tmp_path / "a" / "c-logs"
+    assert (tmp_path / "a" / "c.keras").is_file()
+    assert [p.name for p in sorted((tmp_path / "a" / "c-checkpoints").glob("ckpt-*"))] == [
+        "ckpt-000000010", "ckpt-000000015"]
+    losses = scalars(logs / "train", "loss")
+    assert sorted(losses) == list(range(1, 16)) and set(scalars(logs / "train", "accuracy")) == set(losses)
+    rates = scalars(logs / "train", "learning_rate")  # no warmup (6% of 12 steps), then linear to 0
+    for step in range(1, 16):
+        assert rates[step] == pytest.approx(1e-3 * max(0, 12 - step) / 12, abs=1e-9)
+    assert set(scalars(logs / "validation", "accuracy")) == {5, 10, 15}
+    assert set(scalars(logs / "validation", "loss")) == {5, 10, 15}
+
+    # the confusion matrix: the saved classifier's predictions on the held-out rows
+    classifier = keras.saving.load_model(tmp_path / "a" / "c.keras", compile=False)
+    from tflm.data.classification import classification_dataset
+
+    counts = np.zeros((2, 2), int)
+    for inputs, labels in classification_dataset(held_out(), classifier.tokenizer, seq_len=32,
+                                                 shuffle=False):
+        predicted = np.argmax(keras.ops.convert_to_numpy(classifier(inputs)), -1)
+        for true, guess in zip(labels.numpy(), predicted):
+            counts[true, guess] += 1
+    assert counts.sum() == 20
+    table = out[out.index("Confusion matrix"):].splitlines()
+    assert table[1].split() == ["0", "1"]
+    assert [line.split() for line in table[2:4]] == [
+        ["0", *map(str, counts[0])], ["1", *map(str, counts[1])]]
+    image = tf.io.decode_png(events(logs / "validation", "confusion_matrix")[15].tolist()[2]).numpy()
+    assert image.shape == (64, 64, 3)  # a 32-pixel square per cell
+    for true in range(2):
+        for guess in range(2):
+            fraction = counts[true, guess] / counts[true].sum()
+            assert image[32 * true + 16, 32 * guess + 16, 0] == round(255 - fraction * (255 - 8))
+
+    # stopped by SIGTERM in the middle of the second validation interval, then run again
+    b = tmp_path / "b" / "c.keras"
+    finetune(tiny_encoder, SAMPLE, output=b, callbacks=[Terminate(7)], **options)
+    assert "Stopped by SIGTERM at step 7" in capsys.readouterr().out and not b.exists()
+    finetune(tiny_encoder, SAMPLE, output=b, **options)
+    out = capsys.readouterr().out
+    assert f"Resuming from checkpoint at step 7 (epoch 2) in {tmp_path / 'b' / 'c-checkpoints'}." in out
+    resumed = keras.saving.load_model(b, compile=False)
+    for x, y in zip(classifier.get_weights(), resumed.get_weights(), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    # the last step's weights and optimizer state too (the classifier keeps the best ones)
+    with np.load(tmp_path / "a" / "c-checkpoints" / "ckpt-000000015" / "variables.npz") as x, \
+         np.load(tmp_path / "b" / "c-checkpoints" / "ckpt-000000015" / "variables.npz") as y:
+        assert sorted(x.files) == sorted(y.files)
+        for name in x.files:
+            np.testing.assert_allclose(x[name], y[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    resumed_losses = scalars(tmp_path / "b" / "c-logs" / "train", "loss")
+    assert sorted(resumed_losses) == list(range(1, 16))
+    for step in range(1, 16):  # the epoch's running mean continues across the resume
+        assert resumed_losses[step] == pytest.approx(losses[step], rel=1e-5)
+
+    # other settings on the same checkpoints stop at once; a finished run says so
+    with pytest.raises(ValueError, match="learning_rate: 0.001 -> 0.002"):
+        finetune(tiny_encoder, SAMPLE, output=b, **{**options, "learning_rate": 2e-3})
+    finetune(tiny_encoder, SAMPLE, output=b, **options)
+    assert "holds a finished fine-tuning (step 15)" in capsys.readouterr().out

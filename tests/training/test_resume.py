@@ -81,7 +81,7 @@ def test_force_continues_with_the_runs_own_tokenizer_and_prints_the_changes(tflm
     result = tflm_train.run(OUTPUT, *RUN, "train.max_steps=20", "train.resume=force", cwd=copy)
     assert result.returncode == 0, result.stderr
     assert "train.resume=force" in result.stdout and "data.files[0]: 40000 bytes" in result.stdout
-    assert "Resuming from" in result.stdout and "(step 10)" in result.stdout
+    assert "Resuming from checkpoint at step 10 (epoch 2) in " in result.stdout
     assert "Trained to step 20" in result.stdout
     first = load_model(trained / OUTPUT / "model.keras").tokenizer
     resumed = load_model(copy / OUTPUT / "model.keras").tokenizer
@@ -94,7 +94,7 @@ def test_changing_only_how_long_and_what_is_logged_resumes(tflm_train, copy):
                             "output.log_every=5", "output.checkpoint_every=3",
                             "output.keep_checkpoints=2", "train.verbose=2", cwd=copy)
     assert result.returncode == 0, result.stderr
-    assert "Resuming from" in result.stdout and "(step 10)" in result.stdout
+    assert "Resuming from checkpoint at step 10 (epoch 2) in " in result.stdout
     assert "Trained to step 15" in result.stdout and "differ" not in result.stdout
     assert "max_steps: 15" in (copy / OUTPUT / "config.yaml").read_text()  # the new settings
     assert checkpoint_names(copy) == [".lock", "ckpt-000000012", "ckpt-000000015"]
@@ -111,7 +111,8 @@ def test_stray_checkpoint_entries_are_skipped_and_unfinished_writes_removed(tflm
     relative = Path(OUTPUT, "checkpoints")  # as the run names them
     assert f"Skipping {relative / 'ckpt-000000002.bak'}: not a checkpoint" in result.stderr
     assert f"Removed {relative / unfinished.name}" in result.stderr and not unfinished.exists()
-    assert "(step 10)" in result.stdout and "Trained to step 20" in result.stdout
+    assert "Resuming from checkpoint at step 10 " in result.stdout
+    assert "Trained to step 20" in result.stdout
     assert checkpoint_names(copy) == [".lock", "ckpt-000000002.bak", "ckpt-000000010",
                                       "ckpt-000000015", "ckpt-000000020"]
 

@@ -103,7 +103,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tflm_train, tmp_path):
     assert (tmp_path / "checkpoints" / f"ckpt-{step:09d}").is_dir()
     assert not (tmp_path / "model.keras").exists()
     result = tflm_train.run(tmp_path)
-    assert f"Resuming from" in result.stdout and f"(step {step})" in result.stdout
+    assert f"Resuming from checkpoint at step {step} (epoch " in result.stdout
     assert "Trained to step 45" in result.stdout
 
 

@@ -78,10 +78,11 @@ class ProgressLogs(keras.callbacks.Callback):
     Callbacks listed after this one (TensorBoard, the progress bar) see them too.
     Tokens per second are those of the epoch's training steps so far, from the start to
     the end of each step: validation, samples and checkpoints do not count, and
-    neither does the first step of a `fit` (XLA compiles then).
+    neither does the first step of a `fit` (XLA compiles then). With `tokens_per_batch`
+    None (batches of varying length), only the learning rate is added.
     """
 
-    def __init__(self, tokens_per_batch):
+    def __init__(self, tokens_per_batch=None):
         super().__init__()
         self.tokens_per_batch = tokens_per_batch
         self._first = True
@@ -100,7 +101,7 @@ class ProgressLogs(keras.callbacks.Callback):
         if logs is None:
             return
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        if self._first:
+        if self._first or self.tokens_per_batch is None:
             self._first = False
             return
         self._batches += 1

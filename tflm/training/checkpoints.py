@@ -110,14 +110,16 @@ class CheckpointManager:
 
     Writes are atomic (a temporary folder renamed into place, so a reader never sees a
     half-written checkpoint); only the newest `keep` are kept; `lock()` makes a second
-    trainer on the same directory fail at once.
+    trainer on the same directory fail at once. `others` names files kept beside the
+    checkpoints (such as a run's best weights), which are not warned about.
     """
 
-    def __init__(self, directory, keep=3):
+    def __init__(self, directory, keep=3, others=()):
         if keep < 1:
             raise ValueError(f"keep must be at least 1; got {keep}.")
         self.directory = Path(directory)
         self.keep = keep
+        self.others = {".lock", *others}
         self._lock_file = None
         self._reported = set()  # the stray entries already warned about
 
@@ -184,7 +186,7 @@ class CheckpointManager:
             return []
         found = []
         for path in self.directory.iterdir():
-            if path.name == ".lock" or path.name.startswith(TEMPORARY):
+            if path.name in self.others or path.name.startswith(TEMPORARY):
                 continue
             if NAME.fullmatch(path.name) and path.is_dir():
                 found.append(Checkpoint(path))
@@ -278,10 +280,19 @@ def assign(model, arrays, state, groups=GROUPS):
 class Checkpointing(keras.callbacks.Callback):
     """Save checkpoints during `fit`, resume from one, stop cleanly on SIGTERM.
 
-    Every `every_n_steps` optimizer steps (and when training ends) all the variables are
-    written with `manager`. When training begins, the model and optimizer are loaded
-    from `resume_from`: "latest" (the newest readable checkpoint, if any), None, or what
-    `manager.latest()` returned.
+    Every `every_n_steps` optimizer steps ("epoch": at the end of each epoch, after
+    validation and the callbacks listed before this one) and when training ends, all the
+    variables are written with `manager`. When training begins, the model and optimizer
+    are loaded from `resume_from`: "latest" (the newest readable checkpoint, when it is
+    ahead of the model: a model built again in a notebook cell run twice resumes, one that
+    `fit` already trained continues as it is), None, or what `manager.latest()` returned
+    (loaded once). A resume is announced with `print_fn`:
+
+        Resuming from checkpoint at step 24 (epoch 3) in runs/x/checkpoints.
+
+    ```python
+    model.fit(x, y, epochs=3, callbacks=[Checkpointing(CheckpointManager("ckpts"), 100)])
+    ```
 
     A loss that is not finite stops training with `FloatingPointError`; nothing is
     saved after the last finite step, so the newest checkpoint is a good one. SIGTERM
@@ -298,12 +309,13 @@ class Checkpointing(keras.callbacks.Callback):
             trainer's own state, such as the time already spent).
         write: False for the workers of a cluster other than the chief: they resume
             from the chief's checkpoints and stop with it, but write nothing.
+        print_fn: where the resume message goes (None: nowhere).
     """
 
     def __init__(self, manager, every_n_steps=500, resume_from="latest", continue_epoch=False,
-                 state=None, write=True):
+                 state=None, write=True, print_fn=print):
         super().__init__()
-        if every_n_steps < 1:
+        if every_n_steps != "epoch" and every_n_steps < 1:
             raise ValueError(f"every_n_steps must be at least 1; got {every_n_steps}.")
         self.manager = manager
         self.every_n_steps = every_n_steps
@@ -311,7 +323,9 @@ class Checkpointing(keras.callbacks.Callback):
         self.continue_epoch = continue_epoch
         self.state = state or dict
         self.write = write
+        self.print_fn = print_fn
         self.interrupted = False
+        self._epoch = None
         self._pending_metrics = None
         self._terminate = threading.Event()
         self._previous_handler = None
@@ -328,12 +342,21 @@ class Checkpointing(keras.callbacks.Callback):
             self.manager.lock()
         if threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
-        latest = self.manager.latest() if self.resume_from == "latest" else self.resume_from
-        self.resume_from = None  # only once, even if fit is called again
+        if self.resume_from == "latest":
+            found = self.manager.checkpoints()
+            # a model that fit already trained to the newest checkpoint continues as it is
+            latest = self.manager.latest() if found and found[-1].step > self.step else None
+        else:
+            latest, self.resume_from = self.resume_from, None  # only once
         if latest is not None:
             checkpoint, arrays, record = latest
             assign(self.model, arrays, record, groups=("model", "optimizer"))
             self._last_saved = checkpoint.step
+            if self.print_fn is not None:
+                epoch = record["state"].get("epoch")
+                self.print_fn(f"Resuming from checkpoint at step {checkpoint.step}"
+                              + (f" (epoch {epoch})" if epoch else "")
+                              + f" in {self.manager.directory}.")
             if self.continue_epoch:
                 self._build_metrics()
                 self._pending_metrics = (arrays, record)
@@ -347,6 +370,7 @@ class Checkpointing(keras.callbacks.Callback):
             self.model.compute_metrics(ids, ids, self.model(ids), sample_weight=None)
 
     def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch + 1  # as Keras counts them on screen
         if self._pending_metrics is not None:  # fit reset the metrics just before this
             assign(self.model, *self._pending_metrics, groups=("metrics",))
             self._pending_metrics = None
@@ -366,7 +390,11 @@ class Checkpointing(keras.callbacks.Callback):
             self.save()
             self.interrupted = True
             self.model.stop_training = True
-        elif step % self.every_n_steps == 0:
+        elif self.every_n_steps != "epoch" and step % self.every_n_steps == 0:
+            self.save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.every_n_steps == "epoch" and not self.interrupted:
             self.save()
 
     def on_train_end(self, logs=None):
@@ -383,7 +411,8 @@ class Checkpointing(keras.callbacks.Callback):
 
     def save(self):
         if self.write:
-            self.manager.save(self.model, self.step, {"time": time.time(), **self.state()})
+            state = {"time": time.time(), "epoch": self._epoch, **self.state()}
+            self.manager.save(self.model, self.step, state)
         self._last_saved = self.step
 
     def _on_sigterm(self, signum, frame):

@@ -105,7 +105,7 @@ def _train(config, start, print_fn, output, manager, chief):
     every = settings["eval_every"]
     checkpointing = Checkpointing(
         manager, config["output"]["checkpoint_every"], resume_from=latest,
-        continue_epoch=step % every != 0 and not multi_worker, write=chief,
+        continue_epoch=step % every != 0 and not multi_worker, write=chief, print_fn=print_fn,
         state=lambda: {"run": record, **({"time_budget": budget.get_state()} if budget else {})},
     )
     callbacks = _callbacks(config, output, chief, budget, checkpointing)
@@ -119,8 +119,6 @@ def _train(config, start, print_fn, output, manager, chief):
         print_fn(f"{output} already holds a run trained to step {step}: raise train.max_steps "
                  "to train further, or choose another output.dir.")
         return TrainResult(model, step, None, False, None)
-    if latest is not None:
-        print_fn(f"Resuming from {latest[0].path} (step {step}).")
     history = fit(model, train_data, validation_data, settings["eval_batches"], callbacks,
                   step, every, epochs, settings["verbose"])
     if checkpointing.interrupted:
