@@ -1,5 +1,8 @@
 """Pipelines for language-model training: packed next-token blocks and masked-LM batches."""
 
+import os
+import time
+
 import keras_hub
 import numpy as np
 import tensorflow as tf
@@ -34,6 +37,7 @@ def lm_dataset(
     model=None,
     repeat=False,
     start_batch=0,
+    progress=True,
 ):
     """Next-token batches `(x, y)` of shape (batch_size, seq_len), `y` = `x` shifted by one.
 
@@ -57,6 +61,8 @@ def lm_dataset(
         repeat, start_batch: training data as an endless stream of epochs that starts at
             batch `start_batch`. Batch `b` of this stream is always the same, which is
             what lets a training run resume at the exact batch it stopped at.
+        progress: when tokenizing takes more than a few seconds, print how far it got
+            every few seconds (False: never).
 
     The corpus is tokenized once and held in memory as int32 ids (4 bytes per token):
     any batch is then a gather, so resuming costs nothing and no shuffle buffer is
@@ -74,7 +80,7 @@ def lm_dataset(
         raise ValueError(f"start_batch must be at least 0; got {start_batch}.")
     _check_model(model, tokenizer, seq_len)
 
-    ids = token_ids(source, tokenizer, errors)
+    ids = token_ids(source, tokenizer, errors, progress)
     if model is not None and ids.size and ids.max() >= model.vocab_size:
         raise ValueError(
             f"The tokenizer gave the id {ids.max()}, at or above the model vocabulary size "
@@ -96,10 +102,38 @@ def lm_dataset(
     return splits[subset]
 
 
-def token_ids(source, tokenizer, errors="strict"):
-    """The whole token stream of `source` (see `token_stream`) as one int32 numpy array."""
-    chunks = token_stream(source, tokenizer, errors).batch(1 << 16).as_numpy_iterator()
-    return np.concatenate([np.zeros([0], np.int32), *chunks])
+# Progress lines start after this many seconds of tokenizing, and come this often.
+PROGRESS_AFTER_SECONDS = 3.0
+PROGRESS_EVERY_SECONDS = 5.0
+
+
+def token_ids(source, tokenizer, errors="strict", progress=True):
+    """The whole token stream of `source` (see `token_stream`) as one int32 numpy array.
+
+    With `progress`, a tokenization that takes more than a few seconds prints the tokens
+    done so far every few seconds, and the total at the end."""
+    chunks = [np.zeros([0], np.int32)]
+    start = last = time.monotonic()
+    count, shown = 0, False
+    for chunk in token_stream(source, tokenizer, errors).batch(1 << 16).as_numpy_iterator():
+        chunks.append(chunk)
+        count += len(chunk)
+        now = time.monotonic()
+        if progress and now - start >= PROGRESS_AFTER_SECONDS and (
+                not shown or now - last >= PROGRESS_EVERY_SECONDS):
+            print(f"Tokenizing {_name(source)}: {count:,} tokens so far ({now - start:.0f} s)",
+                  flush=True)
+            shown, last = True, now
+    if shown:
+        print(f"Tokenized {_name(source)}: {count:,} tokens in {time.monotonic() - start:.0f} s.",
+              flush=True)
+    return np.concatenate(chunks)
+
+
+def _name(source):
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    return "a dataset" if isinstance(source, tf.data.Dataset) else f"{len(source)} documents"
 
 
 def _batches(ids, seq_len, first, count, batch_size, name, shuffle, seed, repeat, start_batch):

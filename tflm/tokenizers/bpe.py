@@ -17,6 +17,7 @@ import collections
 import functools
 import heapq
 import json
+import time
 import unicodedata
 from pathlib import Path
 
@@ -119,7 +120,12 @@ def bytes_to_unicode():
     return dict(zip(printable, map(chr, characters)))
 
 
-def train_bpe(corpus, vocabulary_size, special_tokens=(), pre_tokenizer="gpt2"):
+# Progress lines of a training start after this many seconds, and come this often.
+PROGRESS_AFTER_SECONDS = 3.0
+PROGRESS_EVERY_SECONDS = 5.0
+
+
+def train_bpe(corpus, vocabulary_size, special_tokens=(), pre_tokenizer="gpt2", progress=True):
     """Learn byte-level BPE merges from `corpus` (a string or an iterable of strings),
     its words split by the rules `pre_tokenizer` names (a key of `PATTERNS`).
 
@@ -127,8 +133,11 @@ def train_bpe(corpus, vocabulary_size, special_tokens=(), pre_tokenizer="gpt2"):
     the 256 byte symbols, then one token per merge, then the special tokens.
     Ties between equally frequent pairs break on the pair itself, so training is
     deterministic. Hand-written because keras-hub and tensorflow-text apply BPE but do
-    not train it.
+    not train it. With `progress`, a training that takes more than a few seconds prints
+    how far it got every few seconds.
     """
+    start = last = time.monotonic()
+    shown = False
     byte_map = bytes_to_unicode()
     num_merges = vocabulary_size - 256 - len(special_tokens)
     if num_merges < 0:
@@ -143,6 +152,10 @@ def train_bpe(corpus, vocabulary_size, special_tokens=(), pre_tokenizer="gpt2"):
             word_counts["".join(byte_map[b] for b in word.encode("utf-8"))] += 1
     if not word_counts:
         raise ValueError("Cannot train BPE on an empty corpus.")
+    if progress and time.monotonic() - start >= PROGRESS_AFTER_SECONDS:
+        print(f"BPE: counted {len(word_counts):,} distinct words in "
+              f"{time.monotonic() - start:.0f} s; learning {num_merges:,} merges", flush=True)
+        shown = True
 
     words = [list(word) for word in word_counts]
     counts = list(word_counts.values())
@@ -161,6 +174,12 @@ def train_bpe(corpus, vocabulary_size, special_tokens=(), pre_tokenizer="gpt2"):
         if pair_counts.get(pair, 0) != -negative_count or negative_count == 0:
             continue  # a stale entry: the pair's count changed since it was pushed
         merges.append(pair)
+        if progress and len(merges) % 100 == 0:  # the clock costs little a hundred merges apart
+            now = time.monotonic()
+            if now - start >= PROGRESS_AFTER_SECONDS and now - last >= PROGRESS_EVERY_SECONDS:
+                print(f"BPE: merges {len(merges):,}/{num_merges:,} ({now - start:.0f} s)",
+                      flush=True)
+                shown, last = True, now
         merged = pair[0] + pair[1]
         changed = set()
         for index in pair_words.pop(pair):
@@ -186,6 +205,9 @@ def train_bpe(corpus, vocabulary_size, special_tokens=(), pre_tokenizer="gpt2"):
             if pair_counts[other] > 0:
                 heapq.heappush(heap, (-pair_counts[other], other))
 
+    if shown:
+        print(f"BPE: learned {len(merges):,} merges in {time.monotonic() - start:.0f} s.",
+              flush=True)
     vocabulary = {symbol: i for i, symbol in enumerate(byte_map[b] for b in range(256))}
     for a, b in merges:
         vocabulary.setdefault(a + b, len(vocabulary))
@@ -264,12 +286,15 @@ class BPETokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
     @classmethod
     def train(
         cls, corpus, vocabulary_size, eos_token="<|endoftext|>", pre_tokenizer="gpt2",
-        **special_tokens,
+        progress=True, **special_tokens,
     ):
-        """Train on `corpus` (a string or an iterable of strings) to `vocabulary_size` tokens."""
+        """Train on `corpus` (a string or an iterable of strings) to `vocabulary_size` tokens.
+
+        With `progress`, a training that takes more than a few seconds prints how far it got."""
         tokens = [eos_token, *special_tokens.values()]
         vocabulary, merges = train_bpe(
-            corpus, vocabulary_size, [t for t in tokens if t is not None], pre_tokenizer
+            corpus, vocabulary_size, [t for t in tokens if t is not None], pre_tokenizer,
+            progress,
         )
         return cls(
             vocabulary, merges, eos_token=eos_token, pre_tokenizer=pre_tokenizer, **special_tokens

@@ -7,6 +7,9 @@ later pieces may start; K candidate pieces; S greedy steps; T tokens; None, a ra
 dimension.
 """
 
+import threading
+import time
+
 import keras
 import keras_hub
 import numpy as np
@@ -16,6 +19,7 @@ from tflm.tokenizers import bert_text
 from tflm.tokenizers.base import SpecialTokens
 
 VOCABULARY_FILE = "vocabulary.txt"  # keras-hub's asset name
+PROGRESS_AFTER_SECONDS = 3.0  # a training that takes longer says so
 
 # Marks a word's start in the string of all words: a control character, so never in a word.
 WORD_START = "\x01"
@@ -360,10 +364,13 @@ class WordPieceTokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
     # -- training and config ------------------------------------------------------------
 
     @classmethod
-    def train(cls, corpus, vocabulary_size, lowercase=True, strip_accents=None, **kwargs):
+    def train(cls, corpus, vocabulary_size, lowercase=True, strip_accents=None, progress=True,
+              **kwargs):
         """Train on `corpus` (a string, an iterable of strings or a tf.data.Dataset of strings).
 
         `kwargs` are the constructor's (special tokens, `split_on_cjk`, `suffix_indicator`).
+        With `progress`, a training that takes more than a few seconds says so, and how
+        long it took.
         """
         tokenizer = cls(lowercase=lowercase, strip_accents=strip_accents, **kwargs)
         data = corpus
@@ -372,15 +379,31 @@ class WordPieceTokenizer(SpecialTokens, keras_hub.tokenizers.Tokenizer):
             if not any(t.strip() for t in texts):
                 raise ValueError("Cannot train WordPiece on an empty corpus.")
             data = tf.data.Dataset.from_tensor_slices(texts).batch(1024)
-        vocabulary = keras_hub.tokenizers.compute_word_piece_vocabulary(
-            data,
-            vocabulary_size,
-            lowercase=lowercase,
-            strip_accents=lowercase if strip_accents is None else strip_accents,
-            split_on_cjk=tokenizer.split_on_cjk,
-            suffix_indicator=tokenizer.suffix_indicator,
-            reserved_tokens=tokenizer.special_tokens_list(),
-        )
+        start = time.monotonic()
+        shown = threading.Event()
+
+        def announce():  # keras-hub's training reports nothing: a line once it takes a while
+            print(f"WordPiece: training a vocabulary of {vocabulary_size:,} tokens...", flush=True)
+            shown.set()
+
+        notice = threading.Timer(PROGRESS_AFTER_SECONDS, announce)
+        if progress:
+            notice.start()
+        try:
+            vocabulary = keras_hub.tokenizers.compute_word_piece_vocabulary(
+                data,
+                vocabulary_size,
+                lowercase=lowercase,
+                strip_accents=lowercase if strip_accents is None else strip_accents,
+                split_on_cjk=tokenizer.split_on_cjk,
+                suffix_indicator=tokenizer.suffix_indicator,
+                reserved_tokens=tokenizer.special_tokens_list(),
+            )
+        finally:
+            notice.cancel()
+        if shown.is_set():
+            print(f"WordPiece: trained {vocabulary_size:,} tokens in "
+                  f"{time.monotonic() - start:.0f} s.", flush=True)
         return cls(vocabulary, lowercase=lowercase, strip_accents=strip_accents, **kwargs)
 
     def get_config(self):
