@@ -70,14 +70,15 @@ def test_every_command_has_its_parser():
     (["train", "--init-from", "bert-base", "--set", "output.dir={out}"],
      "tflm: 'bert-base' is a preset of Encoder: an architecture with fresh weights, not a "
      "checkpoint. For pretrained weights, use hf://google-bert/bert-base-uncased."),
-    (["finetune", "--pretrained", "hf://someone/missing", "--train", "{out}"],
+    (["finetune", "--pretrained", "hf://someone/missing", "--train", "{train}"],
      "tflm: hf://someone/missing: the repository 'someone/missing' is not in the Hugging Face "
      "cache ({cache}) and HF_HUB_OFFLINE is set."),
 ])
 def test_a_flag_that_takes_a_model_names_what_it_could_not_load(tmp_path, args, message):
     """Preset names are architectures: where weights are needed they are refused, with the
     Hub's name for the weights; an hf:// handle the cache lacks names the repository."""
-    paths = {"out": tmp_path / "out", "cache": tmp_path / "hf-cache"}
+    paths = {"out": tmp_path / "out", "cache": tmp_path / "hf-cache", "train": tmp_path / "train.tsv"}
+    paths["train"].write_text("text\tlabel\na fine film\tpositive\ndull\tnegative\n")
     env = {**os.environ, "HF_HUB_CACHE": str(paths["cache"]), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-m", "tflm", *(a.format(**paths) for a in args)],
                             cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
