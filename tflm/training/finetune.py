@@ -153,6 +153,7 @@ def finetune(pretrained, train, valid=None, output="classifier.keras", text_colu
                 return model
         best.restore(model)
         model.save(output)
+        say(f"Saved {output}.")
         matrix = confusion_matrix(model, valid_data)
         say(format_confusion_matrix(matrix, model.label_names))
         write_confusion_matrix(matrix, log_dir / "validation", optimizer_step(model))
