@@ -71,7 +71,9 @@ def load(handle, cls=None, *, pretrained=False, **overrides):
     if preset_class is not None and not pretrained:
         from tflm.models.presets import resolve_preset
 
-        return preset_class(**resolve_preset(preset_class.presets, handle, overrides))
+        model = preset_class(**resolve_preset(preset_class.presets, handle, overrides))
+        model.build((None, None))  # weights now, as a loaded model has them (keras-hub's presets)
+        return model
     model = _of_class(_read(locate(handle, cls, pretrained), handle), cls, handle)
     return _with_overrides(model, overrides, handle) if overrides else model
 

@@ -157,3 +157,20 @@ def test_each_class_takes_what_fits_it(tmp_path, seeded):
         Classifier.from_preset(tmp_path / "encoder")
     with pytest.raises(TypeError, match="holds a model of class Encoder; GPT was expected"):
         GPT.from_preset(tmp_path / "encoder")
+
+
+@pytest.mark.parametrize("load", [
+    lambda: GPT.from_preset("shakespeare-char", tokenizer=None),  # no tokenizer: JAX runs these
+    lambda: GPT.from_preset("shakespeare-char-lstm", tokenizer=None),
+    lambda: tflm.models.load("shakespeare-char", tokenizer=None),
+    lambda: Encoder.from_preset("bert-tiny"),
+    lambda: Classifier.from_preset("bert-tiny", num_classes=2),
+])
+def test_a_preset_comes_built(load):
+    model = load()
+    assert model.built and len(model.weights) > 0
+    count = model.count_params()
+    # building again, as callers do before they knew presets came built, keeps the weights
+    model.build((None, 16) if isinstance(model, GPT) else
+                {"token_ids": (None, 16), "padding_mask": (None, 16)})
+    assert model.count_params() == count

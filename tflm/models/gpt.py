@@ -150,6 +150,8 @@ class GPT(Backbone):
         self.final_norm = normalization(norm, layer_norm_epsilon, self.dtype_policy, "final_norm")
 
     def build(self, input_shape):
+        if self.built:  # a preset comes built: building again keeps its weights
+            return
         hidden_shape = (*input_shape, self.hidden_dim)
         self.embedding.build(input_shape)
         for block in self.blocks:
