@@ -412,12 +412,8 @@ def classify(args):
     if not isinstance(model, Classifier):
         raise ValueError(f"{args.model} holds a {type(model).__name__}, not a Classifier.")
     names = model.label_names or [str(i) for i in range(model.num_classes)]
-    if hasattr(model, "classify"):
-        labels, probabilities = model.classify(texts, return_probabilities=True,
-                                               batch_size=args.batch_size)
-    else:  # a tflm without Classifier.classify: the same through the tokenizer
-        probabilities = _class_probabilities(model, texts, args.batch_size)
-        labels = [names[i] for i in probabilities.argmax(axis=-1)]
+    labels, probabilities = model.classify(texts, return_probabilities=True,
+                                           batch_size=args.batch_size)
     for text, label, row in zip(texts, labels, probabilities):
         probability = float(row.max())
         if args.json:
@@ -425,22 +421,6 @@ def classify(args):
                               "probabilities": dict(zip(names, map(float, row)))}))
         else:
             print(f"{label}\t{probability:.4f}\t{text}")
-
-
-def _class_probabilities(model, texts, batch_size):
-    import numpy as np
-    import tensorflow as tf
-
-    from tflm.data.classification import encode_texts
-
-    batches = []
-    for start in range(0, len(texts), batch_size):
-        inputs = encode_texts(tf.constant(texts[start:start + batch_size]), model.tokenizer,
-                              model.encoder.max_sequence_length)
-        batches.append(np.asarray(model(inputs), np.float64))
-    logits = np.concatenate(batches)
-    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 def add_generate_command(commands):
