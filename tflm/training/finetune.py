@@ -68,22 +68,11 @@ def finetune(pretrained, train, valid=None, output="classifier.keras", text_colu
     log_dir = Path(f"{stem}-logs" if log_dir is None else log_dir)
     manager = CheckpointManager(f"{stem}-checkpoints" if checkpoint_dir is None else checkpoint_dir,
                                 keep_checkpoints, others=[BEST_WEIGHTS])
-    record = {"pretrained": str(pretrained), "train": fingerprint(train),
-              "valid": None if valid is None else fingerprint(valid),
-              **{name: arguments[name] for name in RUN_ARGUMENTS}}
     manager.lock()  # before anything else: a second run on the same directory fails at once
     try:
-        latest = manager.latest()
-        if latest is not None:
-            differences = changes(latest[2]["state"].get("run", {}), record)
-            if differences:
-                raise ValueError(
-                    f"{manager.directory} holds checkpoints of a fine-tuning with other "
-                    "settings:\n  " + "\n  ".join(differences) + "\nChoose another output "
-                    "(or checkpoint directory), or delete that one to start afresh.")
+        texts, labels = read_labelled(train, text_column, label_column)  # errors name the file
         keras.utils.set_random_seed(seed)
         encoder = load_encoder(pretrained)
-        texts, labels = read_labelled(train, text_column, label_column)
         if valid is None:
             order = list(range(len(texts)))
             random.Random(seed).shuffle(order)
@@ -93,8 +82,21 @@ def finetune(pretrained, train, valid=None, output="classifier.keras", text_colu
             labels = [l for i, l in enumerate(labels) if i not in held]
         else:
             valid = read_labelled(valid, text_column, label_column)
+        record = {"pretrained": str(pretrained), "train": fingerprint(train),
+                  "valid": None if arguments["valid"] is None else fingerprint(arguments["valid"]),
+                  **{name: arguments[name] for name in RUN_ARGUMENTS}}
+        latest = manager.latest()
+        if latest is not None:
+            differences = changes(latest[2]["state"].get("run", {}), record)
+            if differences:
+                raise ValueError(
+                    f"{manager.directory} holds checkpoints of a fine-tuning with other "
+                    "settings:\n  " + "\n  ".join(differences) + "\nChoose another output "
+                    "(or checkpoint directory), or delete that one to start afresh.")
+
         options = dict(seq_len=min(seq_len, encoder.max_sequence_length), batch_size=batch_size,
                        pad_to_multiple_of=16)  # short texts stay short; XLA compiles few shapes
+
         def train_stream(start):
             """The endless stream of training batches from batch `start` on. A dataset made
             afresh: a seeded shuffle reshuffles at each new iterator of the same dataset, so
