@@ -68,7 +68,6 @@ def finetune(pretrained, train, valid=None, output="classifier.keras", text_colu
     log_dir = Path(f"{stem}-logs" if log_dir is None else log_dir)
     manager = CheckpointManager(f"{stem}-checkpoints" if checkpoint_dir is None else checkpoint_dir,
                                 keep_checkpoints, others=[BEST_WEIGHTS])
-    manager.lock()  # before anything else: a second run on the same directory fails at once
     try:
         texts, labels = read_labelled(train, text_column, label_column)  # errors name the file
         keras.utils.set_random_seed(seed)
@@ -85,6 +84,7 @@ def finetune(pretrained, train, valid=None, output="classifier.keras", text_colu
         record = {"pretrained": str(pretrained), "train": fingerprint(train),
                   "valid": None if arguments["valid"] is None else fingerprint(arguments["valid"]),
                   **{name: arguments[name] for name in RUN_ARGUMENTS}}
+        manager.lock()  # a second run on the same directory fails here, before training
         latest = manager.latest()
         if latest is not None:
             differences = changes(latest[2]["state"].get("run", {}), record)
