@@ -364,6 +364,14 @@ def add_finetune_command(commands):
                         help="stop after this many validations without improvement")
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds the head's initialization, the held-out split and the shuffling")
+    parser.add_argument("--log-dir",
+                        help="TensorBoard logs (default: beside --output: classifier-logs/ for "
+                             "classifier.keras)")
+    parser.add_argument("--checkpoint-dir",
+                        help="checkpoints, resumed from when they hold the same run (default: "
+                             "beside --output: classifier-checkpoints/)")
+    parser.add_argument("--log-every", type=int, default=10, help="steps between TensorBoard points")
+    parser.add_argument("--keep-checkpoints", type=int, default=2, help="newest checkpoints kept")
     parser.set_defaults(run=finetune)
 
 
@@ -374,8 +382,8 @@ def finetune(args):
              args.label_column, seq_len=args.seq_len, batch_size=args.batch_size,
              learning_rate=args.learning_rate, warmup=args.warmup, epochs=args.epochs,
              layer_decay=args.layer_decay, eval_every=args.eval_every, patience=args.patience,
-             seed=args.seed)
-    print(f"Saved {args.output}")
+             seed=args.seed, log_dir=args.log_dir, checkpoint_dir=args.checkpoint_dir,
+             log_every=args.log_every, keep_checkpoints=args.keep_checkpoints)
 
 
 def add_classify_command(commands):

@@ -58,9 +58,13 @@ def test_finetune_from_the_shell_saves_a_classifier_that_learned(tiny_encoder, t
         [sys.executable, "-m", "tflm", "finetune", "--pretrained", str(tiny_encoder), "--train",
          str(SAMPLE), "--valid", str(SAMPLE), "--output", str(output), "--epochs", "12",
          "--learning-rate", "1e-3", "--batch-size", "16", "--eval-every", "50", "--seq-len", "64",
-         "--layer-decay", "0.9", "--patience", "10"],
+         "--layer-decay", "0.9", "--patience", "10", "--log-dir", str(tmp_path / "logs"),
+         "--checkpoint-dir", str(tmp_path / "checkpoints")],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count(f"Saved {output}") == 1
+    assert list((tmp_path / "logs" / "train").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "checkpoints").iterdir())
     import tflm.tokenizers  # noqa: F401
 
     classifier = keras.saving.load_model(output, compile=False)
