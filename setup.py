@@ -13,7 +13,7 @@ setup(
     long_description=(here / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.10,<3.13",
+    python_requires=">=3.11,<3.14",
     packages=find_packages(include=["tflm", "tflm.*"]),
     # tflm/configs is a link to configs/, so the YAML configurations ship in the package.
     package_data={"tflm": ["data/corpora/*.txt", "data/corpora/*.md", "configs/*.yaml"]},
@@ -52,9 +52,11 @@ setup(
     },
     entry_points={"console_scripts": ["tflm=tflm.cli:main"]},
     classifiers=[
-        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
         "Programming Language :: Python :: 3.11",
         "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],
 )
