@@ -1,9 +1,12 @@
-"""Every notebook runs top to bottom (small settings) in a fresh kernel; a failing cell fails."""
+"""Every notebook runs top to bottom (small settings) in a fresh kernel; a failing cell fails.
+Each notebook's install cell installs tflm from its TFLM_SOURCE."""
 
+import json
 import os
 import signal
 
 import nbformat
+from nbformat.v4 import new_code_cell
 import pytest
 from nbclient import NotebookClient
 
@@ -33,6 +36,32 @@ def stop_tensorboards(directory):
                 os.kill(info.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_the_install_cell_installs_tflm_from_tflm_source(path, tmp_path, monkeypatch):
+    """The notebook's own install cell, as on Colab, with TFLM_SOURCE set to a clone of the
+    committed checkout; pip installs into a folder of its own, offline, no dependencies."""
+    source, install = [cell for cell in nbformat.read(path, as_version=4).cells
+                       if cell.cell_type == "code"][:2]
+    assert source.source.splitlines()[-1] == 'TFLM_SOURCE = "git+https://github.com/OWNER/tflm"'
+    url = f"git+{ROOT.as_uri()}"
+    as_on_colab = new_code_cell(f'TFLM_SOURCE = "{url}"\n'
+                                'import sys, types\n'
+                                'sys.modules["google.colab"] = types.ModuleType("google.colab")')
+    target = tmp_path / "target"
+    monkeypatch.setenv("PIP_TARGET", str(target))
+    monkeypatch.setenv("PIP_NO_DEPS", "1")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_NO_BUILD_ISOLATION", "false")  # pip reads "false" as --no-build-isolation
+    notebook = nbformat.v4.new_notebook(cells=[source, as_on_colab, install])
+    NotebookClient(notebook, timeout=120, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+
+    records = list(target.glob("tflm-*.dist-info/direct_url.json"))
+    assert len(records) == 1, [output.get("text") for output in outputs(notebook)]  # pip's error
+    assert json.loads(records[0].read_text())["url"] == url.removeprefix("git+")
+    assert (target / "tflm" / "data" / "corpora" / "tiny_shakespeare.txt").exists()
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
