@@ -131,3 +131,26 @@ def test_options_without_a_counterpart_are_errors_that_name_them(tmp_path):
     with pytest.raises(FileExistsError, match="not empty"):
         to_huggingface(tiny_gpt(activation="gelu_tanh"), tmp_path / "d")
     assert (tmp_path / "d" / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_an_export_imports_back_as_the_same_model(exported, padded, tmp_path):
+    import shutil
+
+    from tflm.convert import from_huggingface
+
+    cases, jobs, _ = exported
+    model, job = cases["gpt2"][0], next(j for j in jobs if j["directory"].endswith("gpt2"))
+    directory, tokenizer = shutil.copytree(job["directory"], tmp_path / "gpt2"), model.tokenizer
+    if padded:  # a tokenizer.json three tokens short of the embedding's rows, as Qwen2's
+        tokenizer = BPETokenizer.train([" ".join(TEXTS)] * 4, model.vocab_size - 3)
+        tflm.tokenizers.to_tokenizer_json(tokenizer, directory)
+    back = from_huggingface(directory)
+    ids = np.array(job["ids"], "int32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(back(ids)),
+                               keras.ops.convert_to_numpy(model(ids)), atol=1e-5)
+    for text in TEXTS:
+        np.testing.assert_array_equal(back.tokenizer.tokenize(text), tokenizer.tokenize(text))
+    if padded:  # the rows past the tokenizer's read as placeholders
+        last = model.vocab_size - 1
+        assert back.tokenizer.detokenize([last]).numpy() == f"<|padding_{last}|>".encode()

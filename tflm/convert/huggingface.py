@@ -221,7 +221,9 @@ def _bert(directory, config, weights):
 def _gpt2(directory, config, weights):
     from tflm.tokenizers import BPETokenizer
 
-    tokenizer = BPETokenizer(str(_need(directory, "vocab.json")), str(_need(directory, "merges.txt")))
+    tokenizer = _tokenizer(directory, config["vocab_size"])
+    if tokenizer is None:  # GPT-2's own files
+        tokenizer = BPETokenizer(str(_need(directory, "vocab.json")), str(_need(directory, "merges.txt")))
     if config.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ValueError(f"Unsupported activation_function {config['activation_function']!r}.")
     hidden = config["n_embd"]
@@ -291,7 +293,7 @@ def _llama(directory, config, weights):
         rope_max_wavelength=rope_max_wavelength,
         rope_scaling=rope_scaling,
         sliding_window=_sliding_window(config),
-        tokenizer=_llama_tokenizer(directory),
+        tokenizer=_tokenizer(directory, config["vocab_size"]),
     )
     model.build((None, None))
     weights.assign(model.embedding.token_embedding.embeddings, "embed_tokens.weight")
@@ -326,12 +328,30 @@ def _llama(directory, config, weights):
     return model
 
 
-def _llama_tokenizer(directory):
-    """THE place where an imported Llama-family model gets its tokenizer (tokenizer.json).
+def _tokenizer(directory, vocab_size):
+    """The tokenizer of tokenizer.json (byte-level BPE), with placeholder tokens for the rows a
+    checkpoint pads its vocabulary with (Qwen2's embedding has 151,936 rows for 151,665
+    tokens); None when the directory has no tokenizer: the model then takes token ids."""
+    from tflm.tokenizers import BPETokenizer, from_tokenizer_json
 
-    None for now: the model takes and returns token ids.
-    """
-    return None
+    if not (directory / "tokenizer.json").is_file():
+        if (directory / "tokenizer.model").is_file():
+            raise ValueError(f"{directory} has a SentencePiece tokenizer.model and no tokenizer.json: "
+                             "SentencePiece vocabularies are not supported yet.")
+        return None
+    tokenizer = from_tokenizer_json(directory)
+    size = tokenizer.vocabulary_size()
+    if size > vocab_size:
+        raise ValueError(f"{directory / 'tokenizer.json'} has {size} tokens but config.json's "
+                         f"vocab_size is {vocab_size}.")
+    if size == vocab_size:
+        return tokenizer
+    padding = [f"<|padding_{i}|>" for i in range(size, vocab_size)]
+    vocabulary = {**dict(tokenizer.vocabulary), **{t: i for i, t in enumerate(padding, size)}}
+    config = {k: v for k, v in tokenizer.get_config().items()
+              if k not in ("name", "trainable", "dtype", "config_file")}
+    config["added_tokens"] = [*config["added_tokens"], *padding]
+    return BPETokenizer(vocabulary, list(tokenizer.merges), **config)
 
 
 def _linear(weights, layer, name):
