@@ -80,7 +80,7 @@ def test_killed_and_restarted_it_continues_with_the_same_losses(uninterrupted, t
 
     result = tflm_train.run(tmp_path)
     assert result.returncode == 0, result.stderr
-    resumed_at = int(result.stdout.split("(step ")[1].split(")")[0])
+    resumed_at = int(result.stdout.split("Resuming from checkpoint at step ")[1].split(" ")[0])
     assert 20 <= resumed_at < 45
     losses = scalars(tmp_path / "logs" / "train", "loss")
     assert sorted(losses) == list(range(1, 46))
