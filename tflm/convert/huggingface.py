@@ -203,11 +203,8 @@ def _bert(directory, config, weights):
     _norm(weights, encoder.embedding_norm, "embeddings.LayerNorm")
     for i, block in enumerate(encoder.blocks):
         prefix = f"encoder.layer.{i}"
-        qkv = [f"{prefix}.attention.self.{part}" for part in ("query", "key", "value")]
-        weights.assign(block.attention.qkv.kernel, qkv[0] + ".weight",
-                       value=np.concatenate([weights.get(p + ".weight").T for p in qkv], axis=1))
-        weights.assign(block.attention.qkv.bias, qkv[0] + ".bias",
-                       value=np.concatenate([weights.get(p + ".bias") for p in qkv]))
+        _fused(weights, block.attention.qkv,
+               [f"{prefix}.attention.self.{part}" for part in ("query", "key", "value")])
         _dense(weights, block.attention.output_projection, f"{prefix}.attention.output.dense")
         _norm(weights, block.norm_1, f"{prefix}.attention.output.LayerNorm")
         _dense(weights, block.feed_forward.up, f"{prefix}.intermediate.dense")
@@ -308,24 +305,23 @@ def _llama(directory, config, weights):
     for i, block in enumerate(model.blocks):
         prefix = f"layers.{i}"
         weights.assign(block.norm_1.scale, f"{prefix}.input_layernorm.weight")
-        qkv = [f"{prefix}.self_attn.{part}_proj" for part in ("q", "k", "v")]
-        weights.assign(block.attention.qkv.kernel, qkv[0] + ".weight",
-                       value=np.concatenate([weights.get(p + ".weight").T for p in qkv], axis=1))
-        if block.attention.qkv.use_bias:
-            weights.assign(block.attention.qkv.bias, qkv[0] + ".bias",
-                           value=np.concatenate([weights.get(p + ".bias") for p in qkv]))
+        _fused(weights, block.attention.qkv, [f"{prefix}.self_attn.{p}_proj" for p in "qkv"])
         _linear(weights, block.attention.output_projection, f"{prefix}.self_attn.o_proj")
         weights.assign(block.norm_2.scale, f"{prefix}.post_attention_layernorm.weight")
         # the fused up projection is [gate | up]: silu(gate) * up
-        mlp = [f"{prefix}.mlp.{part}_proj" for part in ("gate", "up")]
-        weights.assign(block.feed_forward.up.kernel, mlp[0] + ".weight",
-                       value=np.concatenate([weights.get(p + ".weight").T for p in mlp], axis=1))
-        if block.feed_forward.up.use_bias:
-            weights.assign(block.feed_forward.up.bias, mlp[0] + ".bias",
-                           value=np.concatenate([weights.get(p + ".bias") for p in mlp]))
+        _fused(weights, block.feed_forward.up, [f"{prefix}.mlp.{p}_proj" for p in ("gate", "up")])
         _linear(weights, block.feed_forward.down, f"{prefix}.mlp.down_proj")
     weights.assign(model.final_norm.scale, "norm.weight")
     return model
+
+
+def _fused(weights, dense, names):
+    """Assign the PyTorch linears `names` side by side to one Keras Dense (q|k|v, gate|up)."""
+    weights.assign(dense.kernel, names[0] + ".weight",
+                   value=np.concatenate([weights.get(n + ".weight").T for n in names], axis=1))
+    if dense.use_bias:
+        weights.assign(dense.bias, names[0] + ".bias",
+                       value=np.concatenate([weights.get(n + ".bias") for n in names]))
 
 
 def _tokenizer(directory, vocab_size):
