@@ -56,6 +56,27 @@ def run_in_core_tensorflow(code):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def export_tokenizer(tokenizer, path, detokenize=False):
+    """Write `tokenizer` alone as a SavedModel at `path`: a `tokenize` signature (strings ->
+    flat `ids` and row `splits`) and, with `detokenize`, one back from (B, T) ids to `texts`."""
+    import keras
+    import tensorflow as tf
+
+    tokenizer.build(None)  # no weights; Keras exports only built layers
+    archive = keras.export.ExportArchive()
+    archive.track(tokenizer)
+
+    def tokenize(texts):
+        ids = tokenizer.tokenize(texts)
+        return {"ids": ids.flat_values, "splits": ids.row_splits}
+
+    archive.add_endpoint("tokenize", tokenize, [tf.TensorSpec([None], tf.string)])
+    if detokenize:
+        archive.add_endpoint("detokenize", lambda ids: {"texts": tokenizer.detokenize(ids)},
+                             [tf.TensorSpec([None, None], tf.int32)])
+    archive.write_out(str(path), verbose=False)
+
+
 def graph_op_types(function, spec):
     """The op types of `function` traced for `spec`: its graph and every function it calls."""
     import tensorflow as tf

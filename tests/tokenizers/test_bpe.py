@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tflm.data.corpora import tiny_shakespeare
-from tests.helpers import graph_op_types, run_in_core_tensorflow, tiny_gpt
+from tests.helpers import export_tokenizer, graph_op_types, run_in_core_tensorflow, tiny_gpt
 from tflm.tokenizers import BPETokenizer, train_bpe
 from tflm.tokenizers.bpe import GPT2_SPLIT, bytes_to_unicode
 
@@ -144,16 +144,7 @@ def test_ids_are_those_of_transformers_gpt2_tokenizer(multilingual):
 
 def test_an_exported_tokenizer_gives_the_reference_ids_in_core_tensorflow(multilingual, tmp_path):
     tokenizer, reference = multilingual
-    tokenizer.build(None)  # no weights; Keras exports only built layers
-    archive = keras.export.ExportArchive()
-    archive.track(tokenizer)
-
-    def tokenize(texts):
-        ids = tokenizer.tokenize(texts)
-        return {"ids": ids.flat_values, "splits": ids.row_splits}
-
-    archive.add_endpoint("tokenize", tokenize, [tf.TensorSpec([None], tf.string)])
-    archive.write_out(str(tmp_path / "1"), verbose=False)
+    export_tokenizer(tokenizer, tmp_path / "1")
     texts = CASES + random_texts(seed=2, count=200)
     rows = run_in_core_tensorflow(f"""
         import json

@@ -15,7 +15,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from tokenizers import trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast  # tokenizer classes: no torch
 
-from tests.helpers import graph_op_types, run_in_core_tensorflow, tiny_gpt
+from tests.helpers import export_tokenizer, graph_op_types, run_in_core_tensorflow, tiny_gpt
 from tests.tokenizers.test_bpe import CASES, MULTILINGUAL, SHAKESPEARE, random_texts
 from tflm.tokenizers import BPETokenizer, from_tokenizer_json, to_tokenizer_json
 from tflm.tokenizers.bpe import bytes_to_unicode
@@ -300,16 +300,7 @@ def test_exported_it_runs_on_core_tensorflow_alone(trained, tmp_path):
         assert sorted(t for t in types if t not in dir(tf.raw_ops)) == [], form
     fast = hugging_face_form(trained, "qwen2", tmp_path / "hf")  # NFC, and the Llama 3 rules
     tokenizer = from_tokenizer_json(tmp_path / "hf")
-    tokenizer.build(None)
-    archive = keras.export.ExportArchive()
-    archive.track(tokenizer)
-
-    def tokenize(texts):
-        ids = tokenizer.tokenize(texts)
-        return {"ids": ids.flat_values, "splits": ids.row_splits}
-
-    archive.add_endpoint("tokenize", tokenize, [tf.TensorSpec([None], tf.string)])
-    archive.write_out(str(tmp_path / "1"), verbose=False)
+    export_tokenizer(tokenizer, tmp_path / "1")
     texts = CASES + EXTRA_CASES + random_texts(seed=4, count=100, more_pieces=PIECES)
     rows = run_in_core_tensorflow(f"""
         import json

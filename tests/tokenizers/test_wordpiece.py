@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import graph_op_types, run_in_core_tensorflow
+from tests.helpers import export_tokenizer, graph_op_types, run_in_core_tensorflow
 from tflm.data.corpora import tiny_shakespeare
 from tflm.models import Classifier, Encoder
 from tflm.tokenizers import WordPieceTokenizer
@@ -213,21 +213,7 @@ def test_graph_uses_only_core_tensorflow_ops(minilm_vocabulary):
 
 def test_a_saved_model_answers_without_tensorflow_text(minilm_vocabulary, tmp_path):
     tokenizer = WordPieceTokenizer(str(minilm_vocabulary))
-    tokenizer.build(None)  # no weights; Keras exports only built layers
-    archive = keras.export.ExportArchive()
-    archive.track(tokenizer)
-
-    def tokenize(texts):
-        ids = tokenizer.tokenize(texts)
-        return {"ids": ids.flat_values, "splits": ids.row_splits}
-
-    archive.add_endpoint("tokenize", tokenize, [tf.TensorSpec([None], tf.string)])
-    archive.add_endpoint(
-        "detokenize",
-        lambda ids: {"texts": tokenizer.detokenize(ids)},
-        [tf.TensorSpec([None, None], tf.int32)],
-    )
-    archive.write_out(str(tmp_path / "1"), verbose=False)
+    export_tokenizer(tokenizer, tmp_path / "1", detokenize=True)
     texts = CORPUS
     outputs = run_in_core_tensorflow(f"""
         import json
