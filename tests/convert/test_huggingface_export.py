@@ -154,3 +154,30 @@ def test_an_export_imports_back_as_the_same_model(exported, padded, tmp_path):
     if padded:  # the rows past the tokenizer's read as placeholders
         last = model.vocab_size - 1
         assert back.tokenizer.detokenize([last]).numpy() == f"<|padding_{last}|>".encode()
+
+
+def test_lora_training_from_the_shell_on_an_imported_llama(tmp_path):
+    """`tflm train --init-from DIR --set model.lora_rank=4` on a Llama-layout checkpoint:
+    only the attention projections move; the saved model has the adapters merged."""
+    bpe = BPETokenizer.train([" ".join(TEXTS)] * 4, 280)
+    keras.utils.set_random_seed(3)
+    model = tiny_gpt(vocab_size=280, position="rotary", norm="rmsnorm", activation="swiglu",
+                     use_bias=False, num_kv_heads=2, tokenizer=bpe)
+    model.build((None, None))
+    to_huggingface(model, tmp_path / "llama")
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(TEXTS) * 40)
+    settings = ["model.lora_rank=4", "train.max_minutes=null", "train.max_steps=3",
+                "train.eval_every=3", "train.eval_batches=1", "output.sample_every=0",
+                "output.sample_prompt=", "optimizer.learning_rate=1e-2", "optimizer.warmup_steps=1",
+                "data.seq_len=16", "data.batch_size=4", "train.verbose=0", f"data.train={text}",
+                f"output.dir={tmp_path / 'run'}"]
+    command = [sys.executable, "-m", "tflm", "train", "--init-from", str(tmp_path / "llama"),
+               *[arg for s in settings for arg in ("--set", s)]]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = keras.saving.load_model(tmp_path / "run" / "model.keras", compile=False)
+    assert len(trained.weights) == len(model.weights)  # merged: no adapter variables left
+    moved = {w.path.split("/", 1)[1] for w, before in zip(trained.weights, model.weights)
+             if not np.allclose(keras.ops.convert_to_numpy(w), keras.ops.convert_to_numpy(before))}
+    assert moved and all(path.endswith(("attention/qkv/kernel", "attention/output/kernel")) for path in moved)

@@ -275,6 +275,7 @@ def build_model(config, tokenizer=None):
     `config["tokenizer"]` says."""
     settings = dict(config["model"])
     init_from = settings.pop("init_from")
+    lora_rank = settings.pop("lora_rank", None)
     if init_from:
         model = hub.load(init_from, GPT, pretrained=True)
     else:
@@ -287,6 +288,10 @@ def build_model(config, tokenizer=None):
         model = GPT(vocab_size=tokenizer.vocabulary_size(), tokenizer=tokenizer, **settings)
     if not model.built:
         model.build((None, config["data"]["seq_len"]))
+    if lora_rank:
+        from tflm.models import enable_lora
+
+        enable_lora(model, lora_rank)  # Keras folds the adapters into the kernels when it saves
     return model
 
 
