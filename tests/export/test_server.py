@@ -217,9 +217,9 @@ def test_a_client_that_disconnects_stops_its_stream(shakespeare, monkeypatch, ca
     sock.close()
     logged = []
 
-    def stream_logged():
+    def stream_logged():  # (earlier tests' lines to this path may come late: not theirs)
         lines = ACCESS.finditer(capsys.readouterr().err)
-        logged.extend(m for m in lines if m["path"] == STREAM)
+        logged.extend(m for m in lines if m["path"] == STREAM and m["status"] not in ("400", "405"))
         return logged
 
     assert wait_for(stream_logged, 30)
