@@ -206,20 +206,52 @@ def test_a_resume_is_announced_and_a_rebuilt_model_resumes(tmp_path, capsys):
     model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0, callbacks=[checkpointing])
     assert "Resuming" not in capsys.readouterr().out
     trained = model.get_weights()
-    # a notebook cell run again: a model built afresh, the same callback and directory
+    # a notebook cell run again: a model built afresh, the same callback and directory; its
+    # one epoch is done, so fit has nothing left to train
     again = small_model(seed=3)
     again.fit(x[:4], y[:4], batch_size=4, epochs=1, shuffle=False, verbose=0,
               callbacks=[checkpointing])
-    assert capsys.readouterr().out == f"Resuming from checkpoint at step 24 (epoch 1) in {tmp_path}.\n"
+    assert capsys.readouterr().out == (f"Resuming from checkpoint at step 24 (epoch 1) in {tmp_path}"
+                                       "; nothing is left to train (epochs=1).\n")
+    assert int(again.optimizer.iterations.numpy()) == 24
+    for a, b in zip(trained, again.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # the next fit of that model trains again (Keras would keep the resumed initial epoch)
+    again.fit(x[:4], y[:4], batch_size=4, epochs=1, verbose=0, callbacks=[checkpointing])
     assert int(again.optimizer.iterations.numpy()) == 25
     # a new callback on the directory, at the end of an epoch ("epoch": after validation)
     third = small_model(seed=4)
-    third.fit(x[:4], y[:4], batch_size=4, epochs=1, verbose=0,
-              callbacks=[Checkpointing(CheckpointManager(tmp_path), every_n_steps="epoch")])
-    assert capsys.readouterr().out == f"Resuming from checkpoint at step 25 (epoch 1) in {tmp_path}.\n"
-    for a, b in zip(trained, third.get_weights()):
-        assert not np.array_equal(a, b)  # it trained one step further than `trained`
+    history = third.fit(x[:4], y[:4], batch_size=4, epochs=2, verbose=0,
+                        callbacks=[Checkpointing(CheckpointManager(tmp_path), every_n_steps="epoch")])
+    assert capsys.readouterr().out == (f"Resuming from checkpoint at step 25 (epoch 1) in {tmp_path}"
+                                       "; fit continues with epoch 2.\n")
+    assert len(history.history["loss"]) == 1 and int(third.optimizer.iterations.numpy()) == 26
     quiet = small_model(seed=5)
-    quiet.fit(x[:4], y[:4], batch_size=4, epochs=1, verbose=0,
+    quiet.fit(x[:4], y[:4], batch_size=4, epochs=3, verbose=0,
               callbacks=[Checkpointing(CheckpointManager(tmp_path), print_fn=None)])
     assert capsys.readouterr().out == ""
+
+
+class StopAt(keras.callbacks.Callback):
+    def __init__(self, step):
+        super().__init__()
+        self.at = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) == self.at:
+            self.model.stop_training = True
+
+
+def test_a_cell_run_again_trains_only_the_epochs_left(tmp_path, capsys):
+    """An interrupted `fit(epochs=3)` run again resumes, and repeats only the unfinished epoch."""
+    x, y = data()  # 8 steps an epoch
+    small_model().fit(x, y, batch_size=4, epochs=3, shuffle=False, verbose=0, callbacks=[
+        StopAt(12), Checkpointing(CheckpointManager(tmp_path), every_n_steps=4)])
+    assert capsys.readouterr().out == ""
+    model = small_model(seed=1)
+    history = model.fit(x, y, batch_size=4, epochs=3, shuffle=False, verbose=0,
+                        callbacks=[Checkpointing(CheckpointManager(tmp_path), every_n_steps=4)])
+    assert capsys.readouterr().out == (f"Resuming from checkpoint at step 12 (epoch 2) in {tmp_path}"
+                                       "; fit continues with epoch 2.\n")
+    assert len(history.history["loss"]) == 2  # epochs 2 and 3
+    assert int(model.optimizer.iterations.numpy()) == 12 + 2 * 8

@@ -286,9 +286,10 @@ class Checkpointing(keras.callbacks.Callback):
     are loaded from `resume_from`: "latest" (the newest readable checkpoint, when it is
     ahead of the model: a model built again in a notebook cell run twice resumes, one that
     `fit` already trained continues as it is), None, or what `manager.latest()` returned
-    (loaded once). A resume is announced with `print_fn`:
+    (loaded once). From "latest", `fit` then runs only the epochs after the last finished
+    one, as with Keras' `BackupAndRestore`. A resume is announced with `print_fn`:
 
-        Resuming from checkpoint at step 24 (epoch 3) in runs/x/checkpoints.
+        Resuming from checkpoint at step 24 (epoch 3) in runs/x/checkpoints; fit continues with epoch 4.
 
     ```python
     model.fit(x, y, epochs=3, callbacks=[Checkpointing(CheckpointManager("ckpts"), 100)])
@@ -326,6 +327,8 @@ class Checkpointing(keras.callbacks.Callback):
         self.print_fn = print_fn
         self.interrupted = False
         self._epoch = None
+        self._epoch_done = False
+        self._sets_initial_epoch = False
         self._pending_metrics = None
         self._terminate = threading.Event()
         self._previous_handler = None
@@ -342,6 +345,7 @@ class Checkpointing(keras.callbacks.Callback):
             self.manager.lock()
         if threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._sets_initial_epoch = self.resume_from == "latest"
         if self.resume_from == "latest":
             found = self.manager.checkpoints()
             # a model that fit already trained to the newest checkpoint continues as it is
@@ -352,11 +356,20 @@ class Checkpointing(keras.callbacks.Callback):
             checkpoint, arrays, record = latest
             assign(self.model, arrays, record, groups=("model", "optimizer"))
             self._last_saved = checkpoint.step
+            epoch = record["state"].get("epoch")
+            # as Keras' BackupAndRestore: a cell run again trains only the epochs left
+            done = (epoch if record["state"].get("epoch_done") else epoch - 1) if epoch else 0
+            if self._sets_initial_epoch and done:
+                self.model._initial_epoch = done
             if self.print_fn is not None:
-                epoch = record["state"].get("epoch")
+                left = ""
+                if self._sets_initial_epoch and done:
+                    epochs = self.params.get("epochs") if self.params else None
+                    left = (f"; nothing is left to train (epochs={epochs})" if epochs and done >= epochs
+                            else f"; fit continues with epoch {done + 1}")
                 self.print_fn(f"Resuming from checkpoint at step {checkpoint.step}"
                               + (f" (epoch {epoch})" if epoch else "")
-                              + f" in {self.manager.directory}.")
+                              + f" in {self.manager.directory}{left}.")
             if self.continue_epoch:
                 self._build_metrics()
                 self._pending_metrics = (arrays, record)
@@ -371,6 +384,7 @@ class Checkpointing(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch + 1  # as Keras counts them on screen
+        self._epoch_done = False
         if self._pending_metrics is not None:  # fit reset the metrics just before this
             assign(self.model, *self._pending_metrics, groups=("metrics",))
             self._pending_metrics = None
@@ -378,6 +392,8 @@ class Checkpointing(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         step = self.step
+        steps = (self.params or {}).get("steps")
+        self._epoch_done = steps is not None and batch + 1 == steps  # the epoch's last step
         if loss is not None and not math.isfinite(loss):
             self._finish()
             last = self.manager.checkpoints()
@@ -394,10 +410,13 @@ class Checkpointing(keras.callbacks.Callback):
             self.save()
 
     def on_epoch_end(self, epoch, logs=None):
+        self._epoch_done = True
         if self.every_n_steps == "epoch" and not self.interrupted:
             self.save()
 
     def on_train_end(self, logs=None):
+        if self._sets_initial_epoch:
+            self.model._initial_epoch = None  # Keras keeps it for every later fit otherwise
         if self.step != self._last_saved and not self.interrupted:
             self.save()
         self._finish()
@@ -411,7 +430,8 @@ class Checkpointing(keras.callbacks.Callback):
 
     def save(self):
         if self.write:
-            state = {"time": time.time(), "epoch": self._epoch, **self.state()}
+            state = {"time": time.time(), "epoch": self._epoch, "epoch_done": self._epoch_done,
+                     **self.state()}
             self.manager.save(self.model, self.step, state)
         self._last_saved = self.step
 
