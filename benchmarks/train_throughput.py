@@ -13,6 +13,8 @@ its own. Prints tokens/s, ms/step, MFU, peak accelerator memory and the ratios.
         --batch 16 --mixed-precision --compare                                         # GPU
     KERAS_BACKEND=jax python benchmarks/train_throughput.py --config gpt2-124m \\
         --seq-len 4096 --batch 4 --mixed-precision --remat-memory                      # remat
+    KERAS_BACKEND=jax python benchmarks/train_throughput.py --config gpt2-124m \\
+        --batch 16 --mixed-precision --loss-chunk-size 4096 --compare                  # loss
 
 MFU = (6 N + 12 L H Q T) * tokens/s / peak, N the parameters without the position table
 (nanoGPT's count), L layers, H heads, Q head size, T context, peak 989e12 (H100 bf16 dense).
@@ -101,12 +103,18 @@ def run_keras(implementation, shape, args):
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     keras.utils.set_random_seed(0)
     model = keras_model(implementation, shape, args.remat)
-    model.compile(
+    # no metrics: the PyTorch reference computes none (tflm's "auto" adds two passes over
+    # the logits)
+    options = dict(
         optimizer=keras.optimizers.AdamW(6e-4, weight_decay=0.1, beta_2=0.95,
                                          global_clipnorm=1.0),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[],
         jit_compile=True,
     )
+    if args.loss_chunk_size:  # the cross-entropy from hidden states, chunk by chunk
+        model.compile(loss="auto", loss_chunk_size=args.loss_chunk_size, **options)
+    else:
+        model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), **options)
     batch, seq_len = shape["batch"], shape["seq_len"]
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, shape["vocab_size"], (args.steps * batch, seq_len + 1), "int32")
@@ -349,6 +357,8 @@ def main():
     parser.add_argument("--compare", action="store_true", help="also keras-hub and PyTorch")
     parser.add_argument("--remat-memory", action="store_true",
                         help="tflm with and without rematerialization: memory and speed")
+    parser.add_argument("--loss-chunk-size", type=int, metavar="N",
+                        help="also tflm with the chunked cross-entropy, N tokens a chunk")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per implementation")
     parser.add_argument("--profile", metavar="DIR", help="trace tflm's steps (JAX) into DIR")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -364,6 +374,9 @@ def main():
     runs = [("tflm", "tflm", ["--profile", args.profile] if args.profile else [])]
     if args.remat_memory:
         runs.append(("tflm, remat", "tflm", ["--remat"]))
+    if args.loss_chunk_size:
+        runs.append((f"tflm, chunked loss ({args.loss_chunk_size} tokens)", "tflm",
+                     ["--loss-chunk-size", str(args.loss_chunk_size)]))
     if args.compare:
         runs.append(("keras-hub GPT2Backbone", "keras-hub", []))
         try:

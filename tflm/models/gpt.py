@@ -9,6 +9,7 @@ from keras import ops
 from tflm.layers import TokenAndPositionEmbedding, normalization
 from tflm.layers.embedding import check_rope_scaling
 from tflm.models.base import BLOCKS, TRANSFORMER_ARGUMENTS, Backbone
+from tflm.models.losses import chunked_token_cross_entropy
 from tflm.models.metrics import Perplexity
 from tflm.models.presets import GPT_PRESETS
 
@@ -193,16 +194,35 @@ class GPT(Backbone):
                 x, block_cache = block(x, cache=cache[i], cache_index=start, training=training)
                 new_cache.append(block_cache)
         x = self.final_norm(x)
+        if training and cache is None and self.loss_chunk_size:
+            return x  # compute_loss projects the hidden states chunk by chunk
         logits = ops.cast(self.embedding.token_embedding(x, reverse=True), "float32")
         return logits if cache is None else (logits, new_cache)  # (B, T, vocab_size)
 
-    def compile(self, optimizer="auto", loss="auto", metrics="auto", jit_compile="auto", **kwargs):
+    def compile(self, optimizer="auto", loss="auto", metrics="auto", jit_compile="auto",
+                loss_chunk_size=None, **kwargs):
         """`keras.Model.compile` with defaults for language modelling.
 
         "auto" gives AdamW (learning rate 3e-4, weight decay 0.1), token cross-entropy on
         the logits, perplexity and token accuracy, and XLA compilation. Anything passed
         explicitly is used as it is (`tflm.training.adamw` builds a tuned AdamW).
+
+        `loss_chunk_size=N` computes the training loss from the final hidden states, N
+        tokens at a time (`tflm.models.losses.chunked_token_cross_entropy`), so that the
+        whole (batch, length, vocab) float32 logits never exist: the same loss and
+        gradients, for large vocabularies much less memory and memory traffic. The
+        training step then reports the loss only (the metrics need the whole logits);
+        validation reports every metric as usual.
         """
+        if loss_chunk_size is not None:
+            if loss != "auto":
+                raise ValueError("loss_chunk_size computes the token cross-entropy itself; "
+                                 f"it takes loss='auto', not {loss!r}.")
+            if self.embedding.token_embedding.quantization_mode is not None:
+                raise ValueError("loss_chunk_size needs an unquantized output projection.")
+            if int(loss_chunk_size) < 1:
+                raise ValueError(f"loss_chunk_size must be at least 1; got {loss_chunk_size}.")
+        self.loss_chunk_size = loss_chunk_size and int(loss_chunk_size)
         if optimizer == "auto":
             optimizer = keras.optimizers.AdamW(learning_rate=3e-4, weight_decay=0.1)
         if loss == "auto":
@@ -212,6 +232,29 @@ class GPT(Backbone):
         super().compile(
             optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=jit_compile, **kwargs
         )
+
+    loss_chunk_size = None  # set by compile
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        # a training step with loss_chunk_size gets hidden states from call (see compile)
+        self._outputs_hidden = bool(training and self.loss_chunk_size)
+        if not self._outputs_hidden:
+            return super().compute_loss(x, y, y_pred, sample_weight, training)
+        embedding = self.embedding.token_embedding
+        kernel = (ops.transpose(embedding.embeddings) if embedding.tie_weights
+                  else embedding.reverse_embeddings)
+        loss = chunked_token_cross_entropy(y_pred, kernel, y, sample_weight, self.loss_chunk_size)
+        return ops.sum([loss, *(self._aggregate_additional_loss(extra) for extra in self.losses)])
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        if getattr(self, "_outputs_hidden", False):  # the loss alone: the metrics need logits
+            if self._compile_metrics is not None and not self._compile_metrics.built:
+                # fit's epoch logs read every metric: build them as the logits would
+                logits = keras.KerasTensor((*y.shape, self.vocab_size), "float32")
+                self._compile_metrics.build(y, logits)
+            return {metric.name: metric.result() for metric in self.metrics
+                    if metric is not self._compile_metrics}
+        return super().compute_metrics(x, y, y_pred, sample_weight)
 
     def generate(self, prompts, max_new_tokens=64, sampler="greedy", stop_tokens=None,
                  seed=None, truncate=False, **sampler_options):
