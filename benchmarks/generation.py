@@ -3,7 +3,9 @@ against transformers (PyTorch) on an imported Llama-family checkpoint.
 
 For a GPT of GPT-2-small shape (random weights) and one of the shakespeare-char preset's
 shape, generate 256 new tokens from a 16-token prompt, greedy, at batch 1 and 8, and print
-tokens/s of each library side by side (second, warm call of each). Also prints the
+tokens/s of each library side by side (the best of 3 warm calls of each): tflm, keras-hub's
+GPT2CausalLM and transformers' GPT2LMHeadModel (PyTorch, float32, in a subprocess) of the
+same shapes. Also prints the
 memory-bandwidth floor at batch 1 (parameter bytes / measured read bandwidth: each token
 must read every weight once) and tflm's time per token for 64 against 512 new tokens.
 
@@ -59,9 +61,13 @@ TRANSFORMERS_SIDE = textwrap.dedent("""
 
     job = json.loads(sys.argv[1])
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(**job["config"])
-    transformers.LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(job["directory"])
-    model = transformers.AutoModelForCausalLM.from_pretrained(job["directory"], dtype=torch.float32).eval()
+    if job["architecture"] == "llama":  # written as a checkpoint for tflm to import
+        config = transformers.LlamaConfig(**job["config"])
+        transformers.LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(job["directory"])
+        model = transformers.AutoModelForCausalLM.from_pretrained(job["directory"], dtype=torch.float32)
+    else:  # GPT-2 of the shapes that tflm and keras-hub run, random weights
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**job["config"]))
+    model = model.eval()
     model.generation_config.eos_token_id = None  # every row decodes all its new tokens
     model.generation_config.pad_token_id = 0
     out = {"threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -134,13 +140,31 @@ def keras_hub_model(name):
     return lm
 
 
-def time_call(fn, calls=2):
-    """Seconds of the last of `calls` calls (the first compiles)."""
-    for _ in range(calls):
+def time_call(fn, repeats=REPEATS):
+    """The best of `repeats` warm calls' seconds, after a first call (it compiles)."""
+    times = []
+    for _ in range(1 + repeats):
         start = time.perf_counter()
         fn()
-        elapsed = time.perf_counter() - start
-    return elapsed
+        times.append(time.perf_counter() - start)
+    return min(times[1:])
+
+
+def transformers_seconds(name, prompts, new_tokens):
+    """{batch: seconds} of transformers' GPT2LMHeadModel (PyTorch, float32) of `name`'s
+    shapes, timed as tflm and keras-hub are; None without transformers."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return None
+    shape = SHAPES[name]
+    config = dict(vocab_size=shape["vocab_size"], n_layer=shape["num_layers"],
+                  n_head=shape["num_heads"], n_embd=shape["hidden_dim"],
+                  n_inner=shape["intermediate_dim"], n_positions=shape["max_sequence_length"])
+    result = run_json(TRANSFORMERS_SIDE, json.dumps(dict(
+        architecture="gpt2", config=config, prompts=prompts, new_tokens=new_tokens,
+        repeats=REPEATS)))
+    return result["seconds"]
 
 
 def tflm_seconds(model, prompts, new_tokens):
@@ -173,7 +197,7 @@ def smollm(args, rng, bandwidth):
     prompts = {batch: rng.integers(0, vocab, (batch, args.prompt_tokens)).tolist() for batch in (1, 8)}
     with tempfile.TemporaryDirectory() as directory:
         theirs = run_json(TRANSFORMERS_SIDE, json.dumps(dict(
-            config=SMOLLM_135M, directory=directory, prompts=prompts, new_tokens=args.new_tokens,
+            architecture="llama", config=SMOLLM_135M, directory=directory, prompts=prompts, new_tokens=args.new_tokens,
             repeats=REPEATS)))
         size = os.path.getsize(os.path.join(directory, "model.safetensors"))
         memory = run_json(MEMORY, directory)
@@ -184,9 +208,7 @@ def smollm(args, rng, bandwidth):
           f"{args.new_tokens} new tokens, best of {REPEATS} warm calls")
     print(f"{'model':18s} {'batch':>5s} {'tflm tok/s':>11s} {'transformers tok/s':>19s} {'ratio':>6s}")
     for batch, rows in prompts.items():
-        run = lambda: model.generate(rows, args.new_tokens, stop_tokens=[])  # noqa: E731
-        run()  # compiles
-        seconds = min(time_call(run, calls=1) for _ in range(REPEATS))
+        seconds = time_call(lambda: model.generate(rows, args.new_tokens, stop_tokens=[]))
         ours = batch * args.new_tokens / seconds
         other = batch * args.new_tokens / theirs["seconds"][str(batch)]
         print(f"{'smollm-135m':18s} {batch:5d} {ours:11.1f} {other:19.1f} {ours / other:5.2f}x")
@@ -215,20 +237,27 @@ def main():
           f"keras-hub {keras_hub.__version__}, backend {keras.backend.backend()}")
     bandwidth = read_bandwidth()
     print(f"measured memory read bandwidth: {bandwidth / 1e9:.1f} GB/s")
-    header = f"{'model':18s} {'batch':>5s} {'tflm tok/s':>11s} {'keras-hub tok/s':>16s} {'ratio':>6s} {'tflm ms/tok':>11s}"
+    header = (f"{'model':18s} {'batch':>5s} {'tflm tok/s':>11s} {'keras-hub tok/s':>16s} "
+              f"{'ratio':>6s} {'transformers tok/s':>19s} {'ratio':>6s} {'tflm ms/tok':>11s}")
     rng = np.random.default_rng(0)
     if any(name in SHAPES for name in models):
-        print(f"greedy, prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, warm call")
+        print(f"greedy, prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, best of "
+              f"{REPEATS} warm calls; transformers: GPT2LMHeadModel of the same shapes, float32")
         print(header)
     for name in [name for name in models if name in SHAPES]:
         model, lm = tflm_model(name), keras_hub_model(name)
         model.build((1, 8))
-        for batch in (1, 8):
-            prompts = rng.integers(0, SHAPES[name]["vocab_size"], (batch, args.prompt_tokens))
-            ours = batch * args.new_tokens / tflm_seconds(model, prompts.tolist(), args.new_tokens)
-            theirs = batch * args.new_tokens / keras_hub_seconds(lm, prompts, args.new_tokens)
+        prompts = {batch: rng.integers(0, SHAPES[name]["vocab_size"], (batch, args.prompt_tokens))
+                   for batch in (1, 8)}
+        torch_seconds = transformers_seconds(
+            name, {batch: rows.tolist() for batch, rows in prompts.items()}, args.new_tokens)
+        for batch, rows in prompts.items():
+            ours = batch * args.new_tokens / tflm_seconds(model, rows.tolist(), args.new_tokens)
+            theirs = batch * args.new_tokens / keras_hub_seconds(lm, rows, args.new_tokens)
+            torch_rate = (batch * args.new_tokens / torch_seconds[str(batch)]
+                          if torch_seconds else float("nan"))
             print(f"{name:18s} {batch:5d} {ours:11.1f} {theirs:16.1f} {ours / theirs:5.2f}x "
-                  f"{1000 * batch / ours:11.1f}")
+                  f"{torch_rate:19.1f} {ours / torch_rate:5.2f}x {1000 * batch / ours:11.1f}")
         floor_ms = model.count_params() * 4 / bandwidth * 1000
         print(f"{name}: {model.count_params():,} float32 parameters; batch-1 floor "
               f"{floor_ms:.1f} ms/token ({1000 / floor_ms:.1f} tokens/s)")
