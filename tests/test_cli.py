@@ -338,5 +338,11 @@ def test_export_says_what_it_is_doing(model_path, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout == f"Exported {tmp_path / 'tiny' / '1'}\n"
     steps = [line for line in result.stderr.splitlines() if line.split(" ")[0] in
-             ("Loading", "Tracing", "Written")]
-    assert [s.split(" ")[0] for s in steps] == ["Loading", "Tracing", "Written"], result.stderr
+             ("Loading", "Exporting", "Tracing", "Writing", "Written")]
+    expected = [f"Loading {model_path}", "Exporting the GPT", *(
+        f"Tracing the {name} signature" for name in (
+            "serving_default", "generate", "generate_tokens", "logits")),
+        "Writing the SavedModel", "Written in"]
+    assert len(steps) == len(expected), result.stderr
+    for step, start in zip(steps, expected):
+        assert step.startswith(start), result.stderr

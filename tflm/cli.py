@@ -179,10 +179,9 @@ def export(args):
     _say(f"Loading {args.model}")
     model = _load_model(args.model)
     started = time.time()
-    _say(f"Tracing {type(model).__name__}'s signatures and writing the SavedModel "
-         "(a minute or more for a large model)")
+    _say(f"Exporting the {type(model).__name__} (a minute or more for a large model)")
     path = saved_model(model, f"{args.base_path}/{args.name}", args.version, args.max_new_tokens,
-                       warmup_batch_size=args.warmup_batch_size)
+                       warmup_batch_size=args.warmup_batch_size, progress=_say)
     _say(f"Written in {time.time() - started:.0f} s")
     print(f"Exported {path}")
     if args.check:

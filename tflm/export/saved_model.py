@@ -57,7 +57,8 @@ from tflm.generation.samplers import PerRow
 from tflm.models import GPT, Classifier
 from tflm.tokenizers import tokenize_batch
 
-def saved_model(model, base_path, version=None, max_new_tokens=None, warmup_batch_size=8):
+def saved_model(model, base_path, version=None, max_new_tokens=None, warmup_batch_size=8,
+                progress=None):
     """Export `model` (a GPT or Classifier with its tokenizer) as `base_path/<version>/`.
 
     `version` defaults to the next integer after those present. The SavedModel is written
@@ -66,7 +67,9 @@ def saved_model(model, base_path, version=None, max_new_tokens=None, warmup_batc
     `max_new_tokens` is the length of a GPT's `serving_default` completions (default 64,
     or less when the context is shorter). The warm-up requests compile a GPT's decode
     loop for the batch sizes 1, 2, 4, ... up to `warmup_batch_size` (0: no warm-up
-    file) and every length; larger batches compile on their first request.
+    file) and every length; larger batches compile on their first request. `progress`, a
+    function of one string (e.g. `print`), hears of each step: tracing each signature,
+    writing the SavedModel and the warm-up requests.
     Returns the version's path.
     """
     if getattr(model, "tokenizer", None) is None:
@@ -76,11 +79,12 @@ def saved_model(model, base_path, version=None, max_new_tokens=None, warmup_batc
     if not model.built:  # its weights exist once built; Keras exports only built layers
         model.build({"token_ids": (None, None), "padding_mask": (None, None)}
                     if isinstance(model, Classifier) else (None, None))
+    progress = progress or (lambda message: None)
     if isinstance(model, GPT):
-        archive = _gpt_archive(model, max_new_tokens)
+        archive = _gpt_archive(model, max_new_tokens, progress)
         warmup = _gpt_warmup(model, warmup_batch_size)
     elif isinstance(model, Classifier):
-        archive = _classifier_archive(model)
+        archive = _classifier_archive(model, progress)
         warmup = [("classify", {"texts": tf.constant(["warm-up"])})] if warmup_batch_size else []
     else:
         raise TypeError(f"Cannot export a {type(model).__name__}; expected a GPT or a Classifier.")
@@ -98,8 +102,10 @@ def saved_model(model, base_path, version=None, max_new_tokens=None, warmup_batc
     temporary = base / f".tmp-{int(version)}-{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
     try:
+        progress("Writing the SavedModel")
         archive.write_out(str(temporary), verbose=False)
         if warmup:
+            progress(f"Writing {len(warmup)} warm-up requests")
             write_warmup_requests(temporary, warmup)
         temporary.rename(final)
     finally:
@@ -107,7 +113,7 @@ def saved_model(model, base_path, version=None, max_new_tokens=None, warmup_batc
     return final
 
 
-def _gpt_archive(model, max_new_tokens):
+def _gpt_archive(model, max_new_tokens, progress):
     context = model.max_sequence_length
     max_new_tokens = min(64, context - 1) if max_new_tokens is None else max_new_tokens
     if not 1 <= max_new_tokens < context:
@@ -184,12 +190,15 @@ def _gpt_archive(model, max_new_tokens):
     archive = _archive(model, tokenizer)
     rows = lambda dtype: tf.TensorSpec([None], dtype)  # noqa: E731
     settings = [rows(tf.float32), rows(tf.int32), rows(tf.float32), rows(tf.int32)]
-    archive.add_endpoint("serving_default", serving_default, [rows(tf.string)])
-    archive.add_endpoint("generate", generate, [rows(tf.string), rows(tf.int32), *settings])
-    archive.add_endpoint("generate_tokens", generate_tokens, [
-        rows(tf.string), tf.TensorSpec([None, None], tf.int32), rows(tf.int32), rows(tf.int32),
-        *settings])
-    archive.add_endpoint("logits", logits, [tf.TensorSpec([None, None], tf.int32)])
+    for name, function, signature in [
+        ("serving_default", serving_default, [rows(tf.string)]),
+        ("generate", generate, [rows(tf.string), rows(tf.int32), *settings]),
+        ("generate_tokens", generate_tokens, [rows(tf.string), tf.TensorSpec([None, None], tf.int32),
+                                              rows(tf.int32), rows(tf.int32), *settings]),
+        ("logits", logits, [tf.TensorSpec([None, None], tf.int32)]),
+    ]:
+        progress(f"Tracing the {name} signature")
+        archive.add_endpoint(name, function, signature)
     return archive
 
 
@@ -259,7 +268,7 @@ def write_warmup_requests(directory, requests):
             writer.write(log.SerializeToString())
 
 
-def _classifier_archive(model):
+def _classifier_archive(model, progress):
     tokenizer = model.tokenizer
     names = model.label_names or [str(i) for i in range(model.num_classes)]
     label_names = tf.constant(names)
@@ -272,8 +281,9 @@ def _classifier_archive(model):
                 "labels": tf.gather(label_names, tf.argmax(probabilities, axis=-1))}
 
     archive = _archive(model, tokenizer)
-    archive.add_endpoint("serving_default", classify, [tf.TensorSpec([None], tf.string)])
-    archive.add_endpoint("classify", classify, [tf.TensorSpec([None], tf.string)])
+    for name in ("serving_default", "classify"):
+        progress(f"Tracing the {name} signature")
+        archive.add_endpoint(name, classify, [tf.TensorSpec([None], tf.string)])
     return archive
 
 
