@@ -111,7 +111,15 @@ def run_tflm(train, held, args):
                                         **options)
     held_data = classification_dataset(held, encoder.tokenizer, shuffle=False,
                                        label_names=train_data.label_names, **options)
-    model = Classifier(encoder, 2, pooling="mean", dropout=0.1,
+    if args.long_weight:  # whole sentences are what is held out: short phrases count less
+        def weighted(x, y):
+            tokens = keras.ops.sum(keras.ops.cast(x["padding_mask"], "float32"), axis=1) - 2
+            return x, y, keras.ops.clip(tokens / 12.0, 0.1, 1.0)
+
+        label_names = train_data.label_names
+        train_data = train_data.map(weighted)
+        train_data.label_names = label_names
+    model = Classifier(encoder, 2, pooling=args.pooling, dropout=0.1,
                        label_names=train_data.label_names)
     model.build({"token_ids": (None, None), "padding_mask": (None, None)})
     steps = len(train[0]) // 32  # one epoch
@@ -121,8 +129,13 @@ def run_tflm(train, held, args):
     else:  # warmup, then a cosine fitted to the time budget (epochs as time allows)
         schedule = args.lr
         callbacks = [TimeBudget(args.minutes, args.lr, warmup_steps=warmup, clock=clock)]
+    from tflm.training.optimizers import layer_decay_factors
+
     optimizer = adamw(model, schedule, weight_decay=0.01, beta_2=0.999, epsilon=1e-7,
-                      global_clipnorm=1.0)
+                      global_clipnorm=1.0, layer_decay_factors=(
+                          layer_decay_factors(encoder, args.layer_decay) if args.layer_decay else None))
+    if args.ema:  # Keras keeps the moving average and puts it in the model when fit ends
+        optimizer.use_ema, optimizer.ema_momentum = True, args.ema
     model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=[keras.metrics.SparseCategoricalAccuracy("accuracy")],
@@ -151,9 +164,13 @@ def run_tflm(train, held, args):
     model.fit(train_data.repeat(), steps_per_epoch=steps if args.tflm_schedule == "epoch"
               else 1_000_000, epochs=1, verbose=0, callbacks=[*callbacks, Evaluation()])
     clock.stop()
-    if curve[-1][0] < clock() - 1:
+    if curve[-1][0] < clock() - 1 or args.ema:  # with EMA, the averaged weights at the end
         evaluate()
-    report(f"tflm ({args.tflm_schedule} schedule)", curve, state["confusion"])
+    trial = ", ".join(f"{name} {getattr(args, name)}" for name in ("pooling", "layer_decay", "ema",
+                                                                    "long_weight") if getattr(args, name)
+                      and (name, getattr(args, name)) != ("pooling", "mean"))
+    report(f"tflm ({args.tflm_schedule} schedule{', ' + trial if trial else ''})", curve,
+           state["confusion"])
     return curve
 
 
@@ -258,6 +275,12 @@ def main():
                         help="epoch: one epoch, 6%% warmup, linear decay (as `tflm finetune` "
                              "and the reference); budget: a cosine fitted to --minutes")
     parser.add_argument("--only", choices=["tflm", "reference", "baseline"])
+    parser.add_argument("--pooling", choices=["mean", "cls"], default="mean", help="tflm's pooling")
+    parser.add_argument("--layer-decay", type=float, help="tflm: layer-wise learning-rate decay")
+    parser.add_argument("--ema", type=float, metavar="MOMENTUM",
+                        help="tflm: evaluate an exponential moving average of the weights at the end")
+    parser.add_argument("--long-weight", action="store_true",
+                        help="tflm: weight each phrase by its length, min(1, tokens / 12), at least 0.1")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--limit", type=int, help="train on this many phrases (quick checks)")
     args = parser.parse_args()
