@@ -11,9 +11,9 @@ def chunked_token_cross_entropy(hidden, kernel, targets, sample_weight=None, chu
     gradients. A language model's logits are the biggest tensor of a training step (GPT-2
     at 16 x 1024 tokens: 3.3 GB in float32), written once and read back several times by
     the softmax, the loss and their gradients. Here `chunk_size` tokens at a time are
-    projected, reduced to their loss and dropped; the backward pass projects each chunk
-    again and writes the gradients of `hidden` and `kernel` directly, so memory holds one
-    chunk's logits at most.
+    projected, reduced to their loss and to the gradients of `hidden` and `kernel`, and
+    dropped, so memory holds one chunk's logits at most. The gradients are computed even
+    when none is asked for: use it for training, where they always are.
 
     Args:
         hidden: (..., C) final hidden states, in the compute dtype.
@@ -54,36 +54,36 @@ def _summed_cross_entropy(hidden, kernel, targets, weights, chunk_size):
     count = ops.shape(targets)[0]
     chunks, size = _chunks(count, chunk_size)
 
+    # The gradients are computed in the forward pass, chunk by chunk, while each chunk's
+    # logits exist (as Liger-Kernel's fused linear cross-entropy does): the backward pass
+    # only scales them, and no chunk is projected twice.
     @ops.custom_gradient
     def summed(hidden, kernel):
-        def forward(i, total):
-            _, h, t, w = _chunk(hidden, targets, weights, i, size, count)
+        def step(i, carry):
+            total, d_hidden, d_kernel = carry
+            first, h, t, w = _chunk(hidden, targets, weights, i, size, count)
             logits = ops.cast(ops.matmul(h, kernel), "float32")
             picked = ops.take_along_axis(logits, t[:, None], axis=1)[:, 0]
-            return total + ops.sum((ops.logsumexp(logits, axis=1) - picked) * w)
+            total = total + ops.sum((ops.logsumexp(logits, axis=1) - picked) * w)
+            # d loss / d logits = (softmax - one_hot(target)) * weight
+            d_logits = ops.softmax(logits, axis=1) - ops.one_hot(t, ops.shape(kernel)[1],
+                                                                 dtype="float32")
+            d_logits = ops.cast(d_logits * w[:, None], hidden.dtype)
+            rows = ops.slice(d_hidden, (first, 0), (size, ops.shape(hidden)[1]))
+            d_h = ops.cast(ops.matmul(d_logits, ops.transpose(kernel)), "float32")
+            d_hidden = ops.slice_update(d_hidden, (first, 0), rows + d_h)
+            d_kernel = d_kernel + ops.cast(ops.matmul(ops.transpose(h), d_logits), "float32")
+            return total, d_hidden, d_kernel
+
+        total, d_hidden, d_kernel = ops.fori_loop(0, chunks, step, (
+            ops.zeros((), "float32"), ops.zeros_like(hidden, "float32"),
+            ops.zeros(ops.shape(kernel), "float32")))
 
         def backward(*upstream, **unused):  # TensorFlow also passes variables=
             (upstream,) = upstream
+            return (ops.cast(d_hidden * upstream, hidden.dtype),
+                    ops.cast(d_kernel * upstream, kernel.dtype))
 
-            def step(i, grads):
-                d_hidden, d_kernel = grads
-                first, h, t, w = _chunk(hidden, targets, weights, i, size, count)
-                logits = ops.cast(ops.matmul(h, kernel), "float32")
-                # d loss / d logits = (softmax - one_hot(target)) * weight
-                d_logits = (ops.softmax(logits, axis=1)
-                            - ops.one_hot(t, ops.shape(kernel)[1], dtype="float32"))
-                d_logits = ops.cast(d_logits * (w * upstream)[:, None], hidden.dtype)
-                rows = ops.slice(d_hidden, (first, 0), (size, ops.shape(hidden)[1]))
-                d_h = ops.cast(ops.matmul(d_logits, ops.transpose(kernel)), d_hidden.dtype)
-                d_hidden = ops.slice_update(d_hidden, (first, 0), rows + d_h)
-                d_kernel = d_kernel + ops.cast(ops.matmul(ops.transpose(h), d_logits), "float32")
-                return d_hidden, d_kernel
-
-            d_hidden, d_kernel = ops.fori_loop(
-                0, chunks, step,
-                (ops.zeros_like(hidden, "float32"), ops.zeros(ops.shape(kernel), "float32")))
-            return ops.cast(d_hidden, hidden.dtype), ops.cast(d_kernel, kernel.dtype)
-
-        return ops.fori_loop(0, chunks, forward, ops.zeros((), "float32")), backward
+        return total, backward
 
     return summed(hidden, kernel)
