@@ -109,6 +109,26 @@ def test_a_resume_record_keeps_what_a_resumed_run_may_not_change():
         "model.num_kv_heads: null -> 2", "data.seq_len: 128 -> 64",
         "train.mixed_precision: null -> mixed_bfloat16"]
     assert changes({"a": 1}, {"b": "x"}) == ["a: 1 -> (none)", "b: (none) -> x"]
+    # a record written before a setting existed resumes when the setting is at its default
+    assert changes({"a": 1}, {"a": 1, "c": None}) == []
+    assert changes({"a": 1}, {"a": 1, "c": 2}) == ["c: (none) -> 2"]
+
+
+def test_every_gpt_option_can_be_set_in_a_config():
+    import inspect
+
+    from tflm.models import GPT
+    from tflm.training.trainer import build_model
+
+    options = set(inspect.signature(GPT.__init__).parameters) - {
+        "self", "vocab_size", "tokenizer", "kwargs"}
+    assert options <= set(load_config()["model"])
+    config = load_config(overrides=["model.sliding_window=16", "model.head_dim=32",
+                                    "model.qkv_bias=true", "model.use_bias=false"])
+    config["tokenizer"]["kind"] = "byte"
+    model = build_model(config)
+    attention = model.blocks[0].attention
+    assert (attention.sliding_window, attention.head_dim, attention.qkv_bias) == (16, 32, True)
 
 
 def test_tflm_train_runs_a_three_line_config_and_saves_it_resolved(tflm_train, tmp_path):

@@ -129,6 +129,8 @@ def changes(old, new):
     lines = []
     for key in dict.fromkeys([*old, *new]):
         before, after = old.get(key, missing), new.get(key, missing)
+        if before is missing and after is None:
+            continue  # a setting added since the old record was written, at its default
         if before != after:
             lines.append(f"{key}: {show(before)} -> {show(after)}")
     return lines
