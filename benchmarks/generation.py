@@ -6,8 +6,9 @@ shape, generate 256 new tokens from a 16-token prompt, greedy, at batch 1 and 8,
 tokens/s of each library side by side (the best of 3 warm calls of each): tflm, keras-hub's
 GPT2CausalLM and transformers' GPT2LMHeadModel (PyTorch, float32, in a subprocess) of the
 same shapes. Also prints the
-memory-bandwidth floor at batch 1 (parameter bytes / measured read bandwidth: each token
-must read every weight once) and tflm's time per token for 64 against 512 new tokens.
+memory-bandwidth floor at batch 1 (parameter bytes / the read rate of numpy's float32
+matrix-vector product on 1 GiB: each token must read every weight once) and tflm's time per
+token for 64 against 512 new tokens.
 
 `smollm-135m`: transformers writes a LlamaForCausalLM of SmolLM-135M's shapes (random
 weights, bfloat16 as SmolLM ships) in a subprocess and times its own greedy `generate`
@@ -111,14 +112,18 @@ MEMORY = textwrap.dedent("""
 
 
 def read_bandwidth(size_bytes=1 << 30, repeats=5):
-    """Bytes per second that numpy reads from memory (best of a few full sums)."""
-    data = np.ones(size_bytes // 8, dtype=np.float64)
+    """Bytes per second read by numpy's BLAS in a float32 matrix-vector product of
+    `size_bytes` of matrix (best of a few): the access pattern of a decode step. A numpy
+    sum on one core reads well below the memory's bandwidth on some machines."""
+    columns = 32768
+    matrix = np.ones((size_bytes // 4 // columns, columns), np.float32)
+    vector = np.ones((1, matrix.shape[0]), np.float32)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        data.sum()
+        vector @ matrix
         best = min(best, time.perf_counter() - start)
-    return data.nbytes / best
+    return matrix.nbytes / best
 
 
 def tflm_model(name):
@@ -236,7 +241,7 @@ def main():
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; keras {keras.__version__}, "
           f"keras-hub {keras_hub.__version__}, backend {keras.backend.backend()}")
     bandwidth = read_bandwidth()
-    print(f"measured memory read bandwidth: {bandwidth / 1e9:.1f} GB/s")
+    print(f"measured read rate of a float32 matrix-vector product (numpy, 1 GiB): {bandwidth / 1e9:.1f} GB/s")
     header = (f"{'model':18s} {'batch':>5s} {'tflm tok/s':>11s} {'keras-hub tok/s':>16s} "
               f"{'ratio':>6s} {'transformers tok/s':>19s} {'ratio':>6s} {'tflm ms/tok':>11s}")
     rng = np.random.default_rng(0)
