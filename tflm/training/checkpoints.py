@@ -359,11 +359,12 @@ class Checkpointing(keras.callbacks.Callback):
             epoch = record["state"].get("epoch")
             # as Keras' BackupAndRestore: a cell run again trains only the epochs left
             done = (epoch if record["state"].get("epoch_done") else epoch - 1) if epoch else 0
-            if self._sets_initial_epoch and done:
+            skips_epochs = self._sets_initial_epoch and done
+            if skips_epochs:
                 self.model._initial_epoch = done
             if self.print_fn is not None:
                 left = ""
-                if self._sets_initial_epoch and done:
+                if skips_epochs:
                     epochs = self.params.get("epochs") if self.params else None
                     left = (f"; nothing is left to train (epochs={epochs})" if epochs and done >= epochs
                             else f"; fit continues with epoch {done + 1}")
