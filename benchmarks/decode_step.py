@@ -6,7 +6,9 @@ TensorFlow's XLA and on JAX, and its blocks' matrix products alone in each and i
   each backend in a fresh process;
 - products: the 48 float32 matrix-vector products of GPT-2 small's 12 blocks (768 -> 2304,
   768 -> 768, 768 -> 3072, 3072 -> 768; 340 MB of weights), chained so none is skipped,
-  compiled by TensorFlow's XLA and by JAX, and run eagerly by PyTorch.
+  compiled by TensorFlow's XLA and by JAX, and run eagerly by PyTorch; alone, then with
+  their biases added as `keras.layers.Dense` adds them (`x @ w + b`) and as `tflm.layers.Dense`
+  does (`x @ w - (-b)`, which TensorFlow's XLA does not fuse into the product).
 
 Milliseconds, the best of 30 calls after a first.
 
@@ -62,14 +64,17 @@ PRODUCTS = textwrap.dedent("""
     import json, sys, time
     import numpy as np
 
-    library = sys.argv[1]
+    library, bias = sys.argv[1], sys.argv[2]
     rng = np.random.default_rng(0)
     shapes = [(768, 2304), (768, 768), (768, 3072), (3072, 768)] * 12
     weights = [rng.normal(size=s).astype("float32") * 0.02 for s in shapes]
+    biases = [rng.normal(size=s[1]).astype("float32") * 0.02 for s in shapes]
 
     def chain(x, weights, matmul, mean):
-        for w in weights:  # each result feeds the next product of its width
+        for w, b in zip(weights, biases):  # each result feeds the next product of its width
             y = matmul(x if w.shape[0] == 768 else h, w)
+            if bias != "none":
+                y = y + b if bias == "add" else y - (-b)
             if y.shape[-1] == 3072:
                 h = y
             else:
@@ -78,17 +83,17 @@ PRODUCTS = textwrap.dedent("""
 
     if library == "tensorflow":
         import tensorflow as tf
-        ws = [tf.constant(w) for w in weights]
+        ws, biases = [tf.constant(w) for w in weights], [tf.constant(b) for b in biases]
         run = tf.function(lambda x: chain(x, ws, tf.matmul, tf.reduce_mean), jit_compile=True)
         x = tf.ones((1, 768))
     elif library == "jax":
         import jax, jax.numpy as jnp
-        ws = [jnp.asarray(w) for w in weights]
+        ws, biases = [jnp.asarray(w) for w in weights], [jnp.asarray(b) for b in biases]
         run = jax.jit(lambda x: chain(x, ws, jnp.matmul, jnp.mean))
         x = jnp.ones((1, 768))
     else:
         import torch
-        ws = [torch.from_numpy(w) for w in weights]
+        ws, biases = [torch.from_numpy(w) for w in weights], [torch.from_numpy(b) for b in biases]
         run = lambda x: chain(x, ws, torch.matmul, torch.mean)
         x = torch.ones(1, 768)
     np.asarray(run(x))
@@ -119,9 +124,10 @@ def main():
     print("|---|---:|---:|---:|")
     tf_step, jax_step = (run(STEP, backend=b) for b in ("tensorflow", "jax"))
     print(f"| one compiled decode step (cache of 128) | {tf_step:.1f} | {jax_step:.1f} | - |")
-    products = [run(PRODUCTS, library) for library in ("tensorflow", "jax", "torch")]
-    print("| the blocks' 48 matrix-vector products (340 MB) | "
-          + " | ".join(f"{ms:.1f}" for ms in products) + " |")
+    for bias, what in (("none", ""), ("add", ", + bias"), ("subtract", ", - (-bias)")):
+        products = [run(PRODUCTS, library, bias) for library in ("tensorflow", "jax", "torch")]
+        print(f"| the blocks' 48 matrix-vector products (340 MB){what} | "
+              + " | ".join(f"{ms:.1f}" for ms in products) + " |")
 
 
 if __name__ == "__main__":

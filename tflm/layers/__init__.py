@@ -2,6 +2,7 @@
 
 from tflm.layers.attention import MultiHeadAttention
 from tflm.layers.blocks import LSTMBlock, TransformerBlock
+from tflm.layers.dense import Dense
 from tflm.layers.embedding import (
     PositionEmbedding,
     RotaryEmbedding,
@@ -12,6 +13,7 @@ from tflm.layers.embedding import (
 from tflm.layers.feedforward import FeedForward, normalization
 
 __all__ = [
+    "Dense",
     "FeedForward",
     "LSTMBlock",
     "MultiHeadAttention",

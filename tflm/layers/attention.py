@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from tflm.layers.dense import Dense
 from tflm.layers.embedding import RotaryEmbedding
 from tflm.layers.initializers import clone_initializer
 
@@ -111,7 +112,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 f"num_heads={self.num_heads} must divide the hidden width {hidden_dim}."
             )
         self.head_dim = self._requested_head_dim or hidden_dim // self.num_heads
-        self.qkv = keras.layers.Dense(
+        self.qkv = Dense(
             (self.num_heads + 2 * self.num_kv_heads) * self.head_dim,
             use_bias=self.use_bias if self.qkv_bias is None else self.qkv_bias,
             kernel_initializer=clone_initializer(self.kernel_initializer),
@@ -119,7 +120,7 @@ class MultiHeadAttention(keras.layers.Layer):
             name="qkv",
         )
         self.qkv.build(input_shape)
-        self.output_projection = keras.layers.Dense(
+        self.output_projection = Dense(
             hidden_dim,
             use_bias=self.use_bias,
             kernel_initializer=clone_initializer(self.output_kernel_initializer),

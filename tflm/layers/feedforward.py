@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from tflm.layers.dense import Dense
 from tflm.layers.initializers import clone_initializer
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "swiglu")
@@ -56,7 +57,7 @@ class FeedForward(keras.layers.Layer):
 
     def build(self, input_shape):
         width = 2 * self.intermediate_dim if self.activation == "swiglu" else self.intermediate_dim
-        self.up = keras.layers.Dense(
+        self.up = Dense(
             width,
             use_bias=self.use_bias,
             kernel_initializer=clone_initializer(self.kernel_initializer),
@@ -64,7 +65,7 @@ class FeedForward(keras.layers.Layer):
             name="up",
         )
         self.up.build(input_shape)
-        self.down = keras.layers.Dense(
+        self.down = Dense(
             input_shape[-1],
             use_bias=self.use_bias,
             kernel_initializer=clone_initializer(self.output_kernel_initializer),

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from tflm.layers import TokenAndPositionEmbedding, normalization
+from tflm.layers import Dense, TokenAndPositionEmbedding, normalization
 from tflm.layers.initializers import clone_initializer
 from tflm.models.base import Backbone, transformer_blocks
 from tflm.models.presets import ENCODER_PRESETS
@@ -140,7 +140,7 @@ class Encoder(Backbone):
         self.final_norm = (
             None if post else normalization(norm, layer_norm_epsilon, self.dtype_policy, "final_norm")
         )
-        self.pooler = keras.layers.Dense(
+        self.pooler = Dense(
             hidden_dim,
             activation="tanh",
             kernel_initializer=clone_initializer(initializer),

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tflm.layers import normalization
+from tflm.layers import Dense, normalization
 from tflm.models.attached_tokenizer import (
     check_tokenizer,
     deserialize_tokenizer,
@@ -122,7 +122,7 @@ class MaskedLM(_EncoderTask):
 
     def __init__(self, encoder, tokenizer=None, **kwargs):
         super().__init__(encoder, tokenizer, **kwargs)
-        self.transform = keras.layers.Dense(
+        self.transform = Dense(
             encoder.hidden_dim, dtype=self.dtype_policy, name="transform"
         )
         self.transform_norm = normalization(
@@ -211,7 +211,7 @@ class Classifier(_EncoderTask):
         self.dropout = dropout
         self.label_names = None if label_names is None else list(label_names)
         self.pooled_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
-        self.head = keras.layers.Dense(
+        self.head = Dense(
             num_classes,
             kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
             dtype=self.dtype_policy,
