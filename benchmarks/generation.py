@@ -111,19 +111,28 @@ MEMORY = textwrap.dedent("""
 """)
 
 
-def read_bandwidth(size_bytes=1 << 30, repeats=5):
-    """Bytes per second read by numpy's BLAS in a float32 matrix-vector product of
-    `size_bytes` of matrix (best of a few): the access pattern of a decode step. A numpy
-    sum on one core reads well below the memory's bandwidth on some machines."""
-    columns = 32768
-    matrix = np.ones((size_bytes // 4 // columns, columns), np.float32)
+READ_RATE = textwrap.dedent("""
+    import json, time
+    import numpy as np
+
+    matrix = np.ones(((1 << 30) // 4 // 32768, 32768), np.float32)
     vector = np.ones((1, matrix.shape[0]), np.float32)
     best = float("inf")
-    for _ in range(repeats):
+    for _ in range(8):
         start = time.perf_counter()
         vector @ matrix
         best = min(best, time.perf_counter() - start)
-    return matrix.nbytes / best
+    print(json.dumps(matrix.nbytes / best))
+""")
+
+
+def read_bandwidth():
+    """Bytes per second read by numpy's BLAS in a float32 matrix-vector product of 1 GiB
+    of matrix (best of 8): the access pattern of a decode step. Measured in a fresh
+    process: after TensorFlow's import, numpy's BLAS here read at half the rate (15.2
+    against 26-29 GB/s), which put the floor above tflm's measured time; a numpy sum on
+    one core also reads well below the memory's bandwidth."""
+    return run_json(READ_RATE)
 
 
 def tflm_model(name):
