@@ -39,6 +39,11 @@ class TokenEmbedding(keras.layers.ReversibleEmbedding):
                 initializer(self.reverse_embeddings.shape, self.reverse_embeddings.dtype)
             )
 
+    def quantize(self, mode=None, type_check=True, config=None):
+        # Keras refuses to quantize subclasses of ReversibleEmbedding, in case they
+        # change what the quantized call computes; this one renames arguments only.
+        super().quantize(mode, type_check=False, config=config)
+
     def get_config(self):
         config = super().get_config()
         config["vocab_size"] = config.pop("input_dim")

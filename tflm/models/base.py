@@ -5,7 +5,7 @@ import math
 
 import keras
 
-from tflm.layers import LSTMBlock, TransformerBlock
+from tflm.layers import Dense, LSTMBlock, TokenEmbedding, TransformerBlock
 from tflm.layers.initializers import clone_initializer
 from tflm.models.attached_tokenizer import (
     check_tokenizer,
@@ -21,14 +21,18 @@ class Backbone(keras.Model):
     constructor argument it will need again: they become attributes and its
     `get_config()`. The optional `tokenizer` (a `tflm.tokenizers` layer or its
     serialized config) travels with the model and must fit its `vocab_size`.
+    `quantization` is the serialized `keras.quantizers.QuantizationConfig` that
+    `quantize` applied (None: float weights), recorded so that a saved quantized model
+    loads quantized.
     """
 
     presets = {}  # name -> complete configuration
     noun = "model"  # how errors name it
 
-    def __init__(self, tokenizer=None, **kwargs):
+    def __init__(self, tokenizer=None, quantization=None, **kwargs):
         super().__init__(**kwargs)
         self.tokenizer = deserialize_tokenizer(tokenizer)
+        self.quantization = quantization
 
     def set_config(self, **config):
         for name, value in config.items():
@@ -68,6 +72,43 @@ class Backbone(keras.Model):
 
         return hub.save_preset(self, directory, overwrite)
 
+    def quantize(self, mode=None, config=None, filters=None, **kwargs):
+        """Keras' `Model.quantize` (e.g. `"int8"`), applied to the layers that have a
+        quantized form unless `filters` picks others: every `Dense` projection and the
+        token embedding (and with it a tied output head). Norms, position embeddings and
+        LSTMs stay as they are, without Keras' warning for each.
+
+        `"int8"` stores int8 weights with one scale per output channel and quantizes
+        each row of activations on the fly, so the products run in int8 × int8
+        (fast on CPUs with VNNI at batch 8 and above; see benchmarks/RESULTS.md).
+        Decode loops compiled before are dropped, so `generate` uses the new weights.
+        Quantized with the default `filters` (any `config`), the model saves (`.keras`,
+        `save_to_preset`) and loads back quantized.
+
+        Example:
+        >>> model.quantize("int8")
+        >>> model.generate("ROMEO:", max_new_tokens=64)
+        >>> model.save("model-int8.keras")
+        """
+        # Keras' wrapper has resolved `mode` into `config` (a QuantizationConfig) by now.
+        if self.quantization is not None:
+            raise ValueError(f"The {self.noun} is already quantized.")
+        recordable = filters is None  # a custom filter (a callable) cannot be saved
+        if filters is None:
+            filters = lambda layer: isinstance(layer, (Dense, TokenEmbedding))  # noqa: E731
+        super().quantize(mode, config=config, filters=filters, **kwargs)
+        if recordable:
+            self.quantization = keras.saving.serialize_keras_object(config)
+        from tflm.generation.decode import compiled_loops  # generation builds on models
+
+        compiled_loops(self).clear()
+
+    def build_from_config(self, config):
+        super().build_from_config(config)
+        if self.quantization is not None:  # a saved quantized model: its variables' shapes
+            config, self.quantization = self.quantization, None
+            self.quantize(config=keras.saving.deserialize_keras_object(config))
+
     def check_length(self, token_ids):
         """Fail when `token_ids` (B, T) is longer than the context."""
         length = token_ids.shape[1]
@@ -82,6 +123,7 @@ class Backbone(keras.Model):
             **super().get_config(),
             **{name: getattr(self, name) for name in self._config_names},
             "tokenizer": serialize_tokenizer(self.tokenizer),
+            **({"quantization": self.quantization} if self.quantization else {}),
         }
 
 
