@@ -346,3 +346,33 @@ def test_export_says_what_it_is_doing(model_path, tmp_path):
     assert len(steps) == len(expected), result.stderr
     for step, start in zip(steps, expected):
         assert step.startswith(start), result.stderr
+
+
+def test_generate_and_export_quantize_to_int8_first(tmp_path, capsys):
+    import keras
+    import tensorflow as tf
+
+    from tflm.cli import main
+
+    keras.utils.set_random_seed(2)
+    model = tiny_gpt(vocab_size=257, hidden_dim=64, num_heads=4, num_kv_heads=1,
+                     intermediate_dim=128, num_layers=2, max_sequence_length=48,
+                     position="rotary", tie_embeddings=False, tokenizer=ByteTokenizer())
+    model.build((1, 8))
+    model.set_weights([w * 3 for w in model.get_weights()])  # sharp enough to choose
+    path = tmp_path / "model.keras"
+    model.save(path)
+    quantized = keras.saving.load_model(path)
+    quantized.quantize("int8")
+    expected = quantized.generate("Hi", 12, stop_tokens=None)
+    assert expected != model.generate("Hi", 12, stop_tokens=None)  # int8 chooses otherwise
+
+    main(["generate", "--model", str(path), "Hi", "--max-new-tokens", "12", "--quantize", "int8"])
+    assert capsys.readouterr().out == "Hi" + expected + "\n"
+
+    main(["export", "--model", str(path), "--name", "int8", "--base-path", str(tmp_path),
+          "--warmup-batch-size", "0", "--max-new-tokens", "12", "--quantize", "int8"])
+    exported = tf.saved_model.load(str(tmp_path / "int8" / "1"))
+    assert any(variable.dtype == tf.int8 for variable in exported.variables)
+    completions = exported.signatures["serving_default"](prompts=tf.constant(["Hi"]))["completions"]
+    assert completions.numpy()[0].decode("utf-8", errors="replace") == expected

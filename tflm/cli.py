@@ -83,6 +83,17 @@ def _load_model_with_tokenizer(path, needs):
     return model
 
 
+def _quantized(model, mode):
+    from tflm.models import GPT
+
+    if mode is not None:
+        if not isinstance(model, GPT):
+            raise ValueError(f"--quantize applies to a GPT, not a {type(model).__name__}.")
+        _say(f"Quantizing the weights to {mode}")
+        model.quantize(mode)
+    return model
+
+
 def _say(message):
     """A progress line on stderr, so that stdout holds only the command's result."""
     print(message, file=sys.stderr, flush=True)
@@ -160,6 +171,10 @@ def add_export_command(commands):
     parser.add_argument("--warmup-batch-size", type=int, default=8,
                         help="TF Serving warm-up requests compile a GPT's decoding for batches "
                              "1, 2, 4, ... up to this (0: none)")
+    parser.add_argument("--quantize", choices=("int8",),
+                        help="quantize a GPT's weights first (GPT.quantize): int8 weights and "
+                             "activations, a quarter of the weights' size; faster at batch 8 "
+                             "and above on CPUs with VNNI, not at batch 1")
     parser.add_argument("--check", nargs="?", const=True, metavar="DIR",
                         help="check that an export uses only core TensorFlow ops, loads and answers "
                              "its warm-up requests in a process without tflm and tensorflow-text: "
@@ -177,7 +192,7 @@ def export(args):
     from tflm.export import saved_model
 
     _say(f"Loading {args.model}")
-    model = _load_model(args.model)
+    model = _quantized(_load_model(args.model), args.quantize)
     started = time.time()
     _say(f"Exporting the {type(model).__name__} (a minute or more for a large model)")
     path = saved_model(model, f"{args.base_path}/{args.name}", args.version, args.max_new_tokens,
@@ -454,11 +469,14 @@ def add_generate_command(commands):
                         help="keep the end of a prompt that leaves no room in the context, "
                              "instead of refusing it")
     parser.add_argument("--stream", action="store_true", help="print tokens as they come")
+    parser.add_argument("--quantize", choices=("int8",),
+                        help="quantize the GPT's weights first (GPT.quantize): int8 weights and "
+                             "activations, faster at batch 8 and above on CPUs with VNNI, not at batch 1")
     parser.set_defaults(run=generate)
 
 
 def generate(args):
-    model = _load_model_with_tokenizer(args.model, "take a text prompt")
+    model = _quantized(_load_model_with_tokenizer(args.model, "take a text prompt"), args.quantize)
     options = dict(sampler=sampler_from_flags(args), seed=args.seed, truncate=args.truncate)
     if args.max_new_tokens is not None:
         options["max_new_tokens"] = args.max_new_tokens
