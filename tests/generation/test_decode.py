@@ -11,11 +11,14 @@ from tflm.generation.decode import compiled_loops, make_decode_loop
 
 
 def full_forward_greedy(model, prompt, steps):
-    ids = list(prompt)
-    for _ in range(steps):
-        logits = ops.convert_to_numpy(model(np.array([ids], "int32")))
-        ids.append(int(np.argmax(logits[0, -1])))
-    return ids[len(prompt):]
+    # One fixed length for every pass (the causal model's logits at a position do not see
+    # the zeros after it), so that JAX compiles each op once rather than once a length.
+    ids = np.zeros((1, len(prompt) + steps), "int32")
+    ids[0, : len(prompt)] = prompt
+    for position in range(len(prompt), len(prompt) + steps):
+        logits = ops.convert_to_numpy(model(ids))
+        ids[0, position] = np.argmax(logits[0, position - 1])
+    return ids[0, len(prompt):].tolist()
 
 
 @pytest.mark.parametrize("block", ["transformer", "lstm"])
