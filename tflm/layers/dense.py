@@ -10,9 +10,9 @@ class Dense(keras.layers.Dense):
 
     On CPU, TensorFlow's XLA fuses a matrix-vector product with the `add` that follows
     it and emits the pair as one loop that is slower than the product alone: GPT-2
-    small's 48 block products with their biases take 23.4 ms that way against 16.7 ms
-    without the fusion, and a whole decode step 37 ms against 30 (benchmarks/
-    decode_step.py). Subtracting the negated bias gives the same floats (x - (-b) is
+    small's 48 block products with their biases take 28.5 ms that way against 17.8 ms
+    without the fusion (benchmarks/decode_step.py), and a whole decode step took 37 ms
+    against 30 in a hand-patched comparison (benchmarks/RESULTS.md). Subtracting the negated bias gives the same floats (x - (-b) is
     x + b exactly) and XLA does not fuse a `subtract` into the product. JAX's XLA does
     not make this fusion; there the two spellings cost the same.
     """
