@@ -87,10 +87,14 @@ def test_causal_attention_never_looks_ahead():
     assert not np.allclose(to_numpy(layer(x))[:, 5:], to_numpy(layer(changed))[:, 5:])
 
 
-@pytest.mark.parametrize("num_kv_heads,rotary", [(None, False), (2, True)])
-def test_cached_decoding_matches_full_sequence(num_kv_heads, rotary):
+@pytest.mark.parametrize(
+    "num_kv_heads,rotary,window", [(None, False, None), (2, True, None), (1, False, 3)]
+)
+def test_cached_decoding_matches_full_sequence(num_kv_heads, rotary, window):
     x = np.random.default_rng(3).normal(size=(2, 9, 16)).astype("float32")
-    layer = MultiHeadAttention(num_heads=4, num_kv_heads=num_kv_heads, causal=True, rotary=rotary)
+    layer = MultiHeadAttention(
+        num_heads=4, num_kv_heads=num_kv_heads, causal=True, rotary=rotary, sliding_window=window
+    )
     cache = assert_cached_decoding_matches(layer, x, prefill=4, max_length=12)
     assert cache.shape == (2, 2, 12, num_kv_heads or 4, 4)
 

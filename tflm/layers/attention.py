@@ -13,9 +13,11 @@ class MultiHeadAttention(keras.layers.Layer):
     """Self-attention `softmax(Q K^T / sqrt(d_k) + mask) V` over `num_heads` heads.
 
     Runs on `keras.ops.dot_product_attention`, which reaches cuDNN flash attention on a
-    GPU under JAX. Queries, keys and values come from one fused projection; with
-    `num_kv_heads < num_heads`, groups of query heads share a key/value head
-    (grouped-query attention; `num_kv_heads=1` is multi-query attention).
+    GPU under JAX; on TensorFlow a decode step's single new token takes a faster
+    elementwise path (without RoPE).
+    Queries, keys and values come from one fused projection; with `num_kv_heads <
+    num_heads`, groups of query heads share a key/value head (grouped-query attention;
+    `num_kv_heads=1` is multi-query attention).
 
     Args:
         num_heads: number of query heads; must divide the input width unless `head_dim`
@@ -162,6 +164,10 @@ class MultiHeadAttention(keras.layers.Layer):
             k, v = cache[:, 0], cache[:, 1]
 
         mask = self._attention_mask(length, ops.shape(k)[1], start, padding_mask, cache)
+        if cache is not None and x.shape[1] == 1 and self._one_query_path:
+            y = self._one_query_attention(q, k, v, mask)
+            y = self.output_dropout(self.output_projection(y), training=training)
+            return y, cache
         if self.num_kv_heads == 1 < self.num_heads:
             # keras.ops.dot_product_attention on TensorFlow mishandles a single kv head.
             k = ops.repeat(k, self.num_heads, axis=2)
@@ -176,6 +182,37 @@ class MultiHeadAttention(keras.layers.Layer):
         y = ops.reshape(y, (batch, length, self.num_heads * self.head_dim))
         y = self.output_dropout(self.output_projection(y), training=training)
         return y if cache is None else (y, cache)
+
+    @property
+    def _one_query_path(self):
+        """Whether a decode step takes `_one_query_attention`: on TensorFlow, without RoPE.
+
+        Measured in benchmarks/RESULTS.md ("Generation, round 4"): with RoPE, XLA fuses
+        the rotation of q (a sine and cosine an element) into the product with every
+        cached key, and the step got 3x slower; on JAX the same form was 2-4x slower.
+        """
+        return not self.rotary and keras.backend.backend() == "tensorflow"
+
+    def _one_query_attention(self, q, k, v, mask):
+        """Attention of one new token over the cache, as products and sums over the cache.
+
+        A decode step's attention is one query row per head: TensorFlow's XLA on CPU
+        runs `dot_product_attention` on it as one-row matrix products after copying the
+        cache into heads-first order, which took 2.4x as long at batch 8 as this
+        elementwise form, fused into two passes over the cache.
+        q: (B, 1, N, H); k, v: (B, S, K, H); mask: (B or 1, 1, 1, S). Returns (B, 1, N * H).
+        """
+        batch, groups = ops.shape(q)[0], self.num_heads // self.num_kv_heads
+        q = ops.cast(q, "float32")  # softmax and sums in float32 whatever the cache holds
+        q = ops.reshape(q, (batch, 1, self.num_kv_heads, groups, self.head_dim))
+        k = ops.cast(k, "float32")[:, :, :, None, :]  # (B, S, K, 1, H)
+        v = ops.cast(v, "float32")[:, :, :, None, :]
+        logits = ops.sum(q * k, axis=-1) * self.head_dim**-0.5  # (B, S, K, G)
+        logits = ops.where(mask[:, 0, 0, :, None, None], logits, -1e30)
+        probabilities = ops.softmax(logits, axis=1)
+        y = ops.sum(probabilities[..., None] * v, axis=1)  # (B, K, G, H)
+        y = ops.reshape(y, (batch, 1, self.num_heads * self.head_dim))
+        return ops.cast(y, self.compute_dtype)
 
     def _attention_mask(self, query_length, key_length, start, padding_mask, cache):
         """A (B or 1, 1, T, S) boolean mask, or None when `is_causal` alone will do."""
