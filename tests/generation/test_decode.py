@@ -53,11 +53,10 @@ def test_top_k_never_picks_outside_the_k_best(make_gpt):
     prompt = [1, 2, 3]
     for seed in range(3):
         generated = model.generate(prompt, 10, sampler=TopK(3, temperature=3.0), seed=seed)
-        ids = list(prompt)
-        for token in generated:
-            logits = ops.convert_to_numpy(model(np.array([ids], "int32")))[0, -1]
-            assert token in np.argsort(logits)[-3:]
-            ids.append(token)
+        # one causal pass over the whole sequence gives the logits before each choice
+        logits = ops.convert_to_numpy(model(np.array([prompt + generated], "int32")))[0]
+        for position, token in enumerate(generated, start=len(prompt) - 1):
+            assert token in np.argsort(logits[position])[-3:]
 
 
 def test_stop_tokens_end_exactly_at_the_first_stop(make_gpt):
@@ -133,14 +132,15 @@ def test_streaming_yields_what_generate_returns(make_gpt):
 def test_repetition_penalty_matches_a_reference_loop(make_gpt):
     model = make_gpt()
     prompt, penalty = [1, 2, 3], 3.0
-    ids = list(prompt)
-    for _ in range(15):  # CTRL's rule on full forward passes, by hand
-        logits = ops.convert_to_numpy(model(np.array([ids], "int32")))[0, -1]
-        seen = np.isin(np.arange(len(logits)), ids)
+    ids = np.zeros((1, 18), "int32")  # one length for every pass, as in full_forward_greedy
+    ids[0, :3] = prompt
+    for position in range(3, 18):  # CTRL's rule on full forward passes, by hand
+        logits = ops.convert_to_numpy(model(ids))[0, position - 1]
+        seen = np.isin(np.arange(len(logits)), ids[0, :position])
         logits = np.where(seen, np.where(logits > 0, logits / penalty, logits * penalty), logits)
-        ids.append(int(np.argmax(logits)))
+        ids[0, position] = np.argmax(logits)
     penalized = model.generate(prompt, 15, sampler=Greedy(repetition_penalty=penalty))
-    assert penalized == ids[3:]
+    assert penalized == ids[0, 3:].tolist()
     assert penalized != model.generate(prompt, 15)
 
 
