@@ -119,6 +119,10 @@ def run_tflm(train, held, args):
         label_names = train_data.label_names
         train_data = train_data.map(weighted)
         train_data.label_names = label_names
+    if args.label_smoothing:  # Keras' smoothing needs one-hot targets
+        label_names = train_data.label_names
+        train_data = train_data.map(lambda x, y, *w: (x, keras.ops.one_hot(y, 2), *w))
+        train_data.label_names = label_names
     model = Classifier(encoder, 2, pooling=args.pooling, dropout=0.1,
                        label_names=train_data.label_names)
     model.build({"token_ids": (None, None), "padding_mask": (None, None)})
@@ -136,14 +140,20 @@ def run_tflm(train, held, args):
                           layer_decay_factors(encoder, args.layer_decay) if args.layer_decay else None))
     if args.ema:  # Keras keeps the moving average and puts it in the model when fit ends
         optimizer.use_ema, optimizer.ema_momentum = True, args.ema
-    model.compile(optimizer=optimizer,
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=[keras.metrics.SparseCategoricalAccuracy("accuracy")],
-                  jit_compile=True)
-    curve, state = [], {}
+    if args.label_smoothing:
+        loss = keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                    label_smoothing=args.label_smoothing)
+        accuracy = keras.metrics.CategoricalAccuracy("accuracy")
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
+    model.compile(optimizer=optimizer, loss=loss, metrics=[accuracy], jit_compile=True)
+    curve, state, snapshots = [], {}, []
     held_labels = [int(train_data.label_names.index(str(label))) for label in held[1]]
 
     def evaluate():
+        if args.average:  # the weights at the last `average` evaluations, kept for the mean
+            snapshots[:] = [*snapshots, model.get_weights()][-args.average:]
         logits = model.predict(held_data, verbose=0)
         predictions = np.argmax(logits, axis=-1)
         state["confusion"] = confusion_matrix(held_labels, predictions)
@@ -166,9 +176,13 @@ def run_tflm(train, held, args):
     clock.stop()
     if curve[-1][0] < clock() - 1 or args.ema:  # with EMA, the averaged weights at the end
         evaluate()
-    trial = ", ".join(f"{name} {getattr(args, name)}" for name in ("pooling", "layer_decay", "ema",
-                                                                    "long_weight") if getattr(args, name)
-                      and (name, getattr(args, name)) != ("pooling", "mean"))
+    if args.average:  # the mean of the last evaluations' weights, evaluated at the end
+        model.set_weights([np.mean(ws, axis=0) for ws in zip(*snapshots)])
+        print(f"  tflm: the mean of the weights at the last {len(snapshots)} evaluations:")
+        evaluate()
+    trial = ", ".join(f"{name} {getattr(args, name)}" for name in (
+        "pooling", "layer_decay", "ema", "long_weight", "label_smoothing", "average")
+        if getattr(args, name) and (name, getattr(args, name)) != ("pooling", "mean"))
     report(f"tflm ({args.tflm_schedule} schedule{', ' + trial if trial else ''})", curve,
            state["confusion"])
     return curve
@@ -281,6 +295,9 @@ def main():
                         help="tflm: evaluate an exponential moving average of the weights at the end")
     parser.add_argument("--long-weight", action="store_true",
                         help="tflm: weight each phrase by its length, min(1, tokens / 12), at least 0.1")
+    parser.add_argument("--label-smoothing", type=float, help="tflm: label smoothing")
+    parser.add_argument("--average", type=int, metavar="N",
+                        help="tflm: evaluate the mean of the weights at the last N evaluations")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--limit", type=int, help="train on this many phrases (quick checks)")
     args = parser.parse_args()
