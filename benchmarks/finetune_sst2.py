@@ -109,22 +109,19 @@ def run_tflm(train, held, args):
     options = dict(seq_len=66, batch_size=32, pad_to_multiple_of=16)
     train_data = classification_dataset(train, encoder.tokenizer, seed=0, bucket_by_length=True,
                                         **options)
+    label_names = train_data.label_names  # the maps below return datasets without them
     held_data = classification_dataset(held, encoder.tokenizer, shuffle=False,
-                                       label_names=train_data.label_names, **options)
+                                       label_names=label_names, **options)
     if args.long_weight:  # whole sentences are what is held out: short phrases count less
         def weighted(x, y):
             tokens = keras.ops.sum(keras.ops.cast(x["padding_mask"], "float32"), axis=1) - 2
             return x, y, keras.ops.clip(tokens / 12.0, 0.1, 1.0)
 
-        label_names = train_data.label_names
         train_data = train_data.map(weighted)
-        train_data.label_names = label_names
     if args.label_smoothing:  # Keras' smoothing needs one-hot targets
-        label_names = train_data.label_names
         train_data = train_data.map(lambda x, y, *w: (x, keras.ops.one_hot(y, 2), *w))
-        train_data.label_names = label_names
     model = Classifier(encoder, 2, pooling=args.pooling, dropout=0.1,
-                       label_names=train_data.label_names)
+                       label_names=label_names)
     model.build({"token_ids": (None, None), "padding_mask": (None, None)})
     steps = len(train[0]) // 32  # one epoch
     warmup = int(0.06 * steps)
@@ -149,7 +146,7 @@ def run_tflm(train, held, args):
         accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
     model.compile(optimizer=optimizer, loss=loss, metrics=[accuracy], jit_compile=True)
     curve, state, snapshots = [], {}, []
-    held_labels = [int(train_data.label_names.index(str(label))) for label in held[1]]
+    held_labels = [int(label_names.index(str(label))) for label in held[1]]
 
     def evaluate():
         if args.average:  # the weights at the last `average` evaluations, kept for the mean

@@ -165,20 +165,19 @@ class MultiHeadAttention(keras.layers.Layer):
 
         mask = self._attention_mask(length, ops.shape(k)[1], start, padding_mask, cache)
         if cache is not None and x.shape[1] == 1 and self._one_query_path:
-            y = self._one_query_attention(q, k, v, mask)
-            y = self.output_dropout(self.output_projection(y), training=training)
-            return y, cache
-        if self.num_kv_heads == 1 < self.num_heads:
-            # keras.ops.dot_product_attention on TensorFlow mishandles a single kv head.
-            k = ops.repeat(k, self.num_heads, axis=2)
-            v = ops.repeat(v, self.num_heads, axis=2)
-        y = ops.dot_product_attention(
-            q,
-            ops.cast(k, q.dtype),
-            ops.cast(v, q.dtype),
-            mask=mask,
-            is_causal=self.causal and mask is None,
-        )  # (B, T, N, H)
+            y = self._one_query_attention(q, k, v, mask)  # (B, 1, N, H)
+        else:
+            if self.num_kv_heads == 1 < self.num_heads:
+                # keras.ops.dot_product_attention on TensorFlow mishandles a single kv head.
+                k = ops.repeat(k, self.num_heads, axis=2)
+                v = ops.repeat(v, self.num_heads, axis=2)
+            y = ops.dot_product_attention(
+                q,
+                ops.cast(k, q.dtype),
+                ops.cast(v, q.dtype),
+                mask=mask,
+                is_causal=self.causal and mask is None,
+            )  # (B, T, N, H)
         y = ops.reshape(y, (batch, length, self.num_heads * self.head_dim))
         y = self.output_dropout(self.output_projection(y), training=training)
         return y if cache is None else (y, cache)
@@ -200,7 +199,7 @@ class MultiHeadAttention(keras.layers.Layer):
         runs `dot_product_attention` on it as one-row matrix products after copying the
         cache into heads-first order, which took 2.4x as long at batch 8 as this
         elementwise form, fused into two passes over the cache.
-        q: (B, 1, N, H); k, v: (B, S, K, H); mask: (B or 1, 1, 1, S). Returns (B, 1, N * H).
+        q: (B, 1, N, H); k, v: (B, S, K, H); mask: (B or 1, 1, 1, S). Returns (B, 1, N, H).
         """
         batch, groups = ops.shape(q)[0], self.num_heads // self.num_kv_heads
         q = ops.cast(q, "float32")  # softmax and sums in float32 whatever the cache holds
@@ -211,7 +210,7 @@ class MultiHeadAttention(keras.layers.Layer):
         logits = ops.where(mask[:, 0, 0, :, None, None], logits, -1e30)
         probabilities = ops.softmax(logits, axis=1)
         y = ops.sum(probabilities[..., None] * v, axis=1)  # (B, K, G, H)
-        y = ops.reshape(y, (batch, 1, self.num_heads * self.head_dim))
+        y = ops.reshape(y, (batch, 1, self.num_heads, self.head_dim))
         return ops.cast(y, self.compute_dtype)
 
     def _attention_mask(self, query_length, key_length, start, padding_mask, cache):
