@@ -134,6 +134,22 @@ def test_init_from_continues_training_a_saved_model(uninterrupted, tflm_train, s
     assert result.step == 15
 
 
+@pytest.mark.parametrize("setting, error", [
+    ("model.init_from={missing}", "No pretrained model at"),
+    ("data.train={missing}", "Corpus file not found"),
+])
+def test_a_missing_input_is_an_error_before_anything_is_written(setting, error, tflm_train,
+                                                                tmp_path):
+    from tflm.training import load_config, train
+
+    output = tmp_path / "run"
+    missing = tmp_path / "missing.keras"
+    overrides = tflm_train.overrides(output, setting.format(missing=missing))
+    with pytest.raises(FileNotFoundError, match=error):
+        train(load_config(overrides=overrides), print_fn=lambda *_: None)
+    assert not output.exists()
+
+
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_trains_in_half_precision_with_float32_weights(policy, tflm_train,
                                                                       tmp_path):

@@ -66,6 +66,10 @@ def train(config, start=None, print_fn=print):
     if config["train"]["resume"] not in RESUME_MODES:
         raise ValueError(f"train.resume must be one of {', '.join(RESUME_MODES)}; got "
                          f"{config['train']['resume']!r}.")
+    # the files the run reads: a missing one is an error before anything is written
+    _files(config["data"]["train"])
+    if config["model"]["init_from"]:
+        hub.locate(config["model"]["init_from"], GPT)
     output = Path(config["output"]["dir"])
     manager = CheckpointManager(output / "checkpoints", config["output"]["keep_checkpoints"])
     chief = is_chief()
