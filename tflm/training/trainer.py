@@ -66,10 +66,7 @@ def train(config, start=None, print_fn=print):
     if config["train"]["resume"] not in RESUME_MODES:
         raise ValueError(f"train.resume must be one of {', '.join(RESUME_MODES)}; got "
                          f"{config['train']['resume']!r}.")
-    # the files the run reads: a missing one is an error before anything is written
-    _files(config["data"]["train"])
-    if config["model"]["init_from"]:
-        hub.locate(config["model"]["init_from"], GPT)
+    inputs = run_inputs(config)  # a missing file is an error before anything is written
     output = Path(config["output"]["dir"])
     manager = CheckpointManager(output / "checkpoints", config["output"]["keep_checkpoints"])
     chief = is_chief()
@@ -79,17 +76,17 @@ def train(config, start=None, print_fn=print):
     try:
         if config["train"]["mixed_precision"]:
             keras.config.set_dtype_policy(config["train"]["mixed_precision"])
-        return _train(config, start, print_fn, output, manager, chief)
+        return _train(config, inputs, start, print_fn, output, manager, chief)
     finally:
         keras.config.set_dtype_policy(policy)
         manager.unlock()
 
 
-def _train(config, start, print_fn, output, manager, chief):
+def _train(config, inputs, start, print_fn, output, manager, chief):
     settings = config["train"]
     latest = manager.latest()
     step = 0 if latest is None else latest[0].step
-    record = run_record(config)
+    record = run_record(config, inputs)
     tokenizer = None if latest is None else _resumed_tokenizer(config, latest, record, output,
                                                                print_fn)
     if chief:
@@ -133,22 +130,29 @@ def _train(config, start, print_fn, output, manager, chief):
     return _finish(model, history, config, output, chief, start, print_fn)
 
 
-def run_record(config):
+def run_inputs(config):
+    """The files the run reads: data.train's, and the model file or directory that
+    model.init_from names (None without one). Raises when one is missing."""
+    init_from = config["model"]["init_from"]
+    return _files(config["data"]["train"]), hub.locate(init_from, GPT) if init_from else None
+
+
+def run_record(config, inputs):
     """What a checkpoint's exact resume depends on: every setting a resumed run may not
     change (`config.RESUMABLE_CHANGES` are the others) and a fingerprint of each file
-    the run reads (the training files, and the model it started from)."""
+    the run reads (`run_inputs`: the training files, and the model it started from)."""
     record = resume_record(config)
-    for i, path in enumerate(_files(config["data"]["train"])):
+    files, model_path = inputs
+    for i, path in enumerate(files):
         record[f"data.files[{i}]"] = fingerprint(path)
-    if config["model"]["init_from"]:
-        record["model.init_from (file)"] = _model_fingerprint(config["model"]["init_from"])
+    if model_path is not None:
+        record["model.init_from (file)"] = _model_fingerprint(model_path)
     return record
 
 
-def _model_fingerprint(handle):
-    """The fingerprint of the model file a handle names, or of each file of its directory
-    (an hf:// handle's is its downloaded snapshot)."""
-    path = hub.locate(handle, GPT)
+def _model_fingerprint(path):
+    """The fingerprint of a model file, or of each file of a model directory (an hf://
+    handle's is its downloaded snapshot)."""
     if path.is_file():
         return fingerprint(path)
     files = sorted(p for p in path.rglob("*") if p.is_file())
