@@ -34,13 +34,7 @@ def test_model_code_passes_on_jax_without_tensorflow(tmp_path):
             sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
             "tests/layers", "tests/models",
             "tests/generation/test_decode.py", "tests/generation/test_samplers.py",
-            # int8 saving, layer choice and the Encoder's int8 are Keras' own and the same on
-            # every backend; the int8 projection and decoding stay in this pass
-            "--deselect", "tests/models/test_quantize.py::test_quantized_gpt_saves_and_loads_quantized",
-            "--deselect", "tests/models/test_quantize.py::"
-                          "test_int8_quantizes_every_projection_and_the_embedding_without_warnings",
-            "--deselect", "tests/models/test_quantize.py::"
-                          "test_encoder_quantizes_and_chunked_loss_needs_float_weights",
+            "-m", "not backend_independent",  # the outer run has them (pyproject.toml)
         ],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )

@@ -70,12 +70,14 @@ def test_overfits_a_fixed_batch(name):
     assert losses[0] > 2.5  # about ln(17) = 2.83 at the start
 
 
+@pytest.mark.backend_independent
 def test_gpt2_124m_preset_has_gpt2_parameter_count():
     model = GPT.from_preset("gpt2-124m")
     model.build((1, 8))
     assert model.count_params() == 124_439_808  # OpenAI GPT-2 small, tied embeddings
 
 
+@pytest.mark.backend_independent
 def test_preset_overrides_and_summary(capsys):
     model = GPT.from_preset(
         "shakespeare-char", num_layers=1, hidden_dim=32, intermediate_dim=64, tokenizer=None
@@ -86,12 +88,14 @@ def test_preset_overrides_and_summary(capsys):
     assert "block_0" in capsys.readouterr().out
 
 
+@pytest.mark.backend_independent
 def test_lstm_preset_is_embedding_positions_lstm_and_dense_head():
     model = GPT.from_preset("shakespeare-char-lstm", tokenizer=None)
     assert model.block == "lstm" and model.position == "sinusoidal"
     assert not model.tie_embeddings
 
 
+@pytest.mark.backend_independent
 def test_bad_configurations_are_errors():
     with pytest.raises(ValueError, match="Unknown preset 'gpt5'.*available presets"):
         GPT.from_preset("gpt5")

@@ -40,6 +40,7 @@ def random_weights(model):
 @pytest.mark.parametrize(
     "name", ["shakespeare-char", "shakespeare-char-lstm", "bert-tiny", "classifier", "masked_lm"]
 )
+@pytest.mark.backend_independent
 def test_no_two_weights_start_equal(name):
     weights = random_weights(built(name))
     assert len(weights) >= 4
@@ -58,6 +59,7 @@ def assert_normal(values, stddev, name):
     assert abs(values.std() - stddev) < 5 * stddev / math.sqrt(2 * n), (name, values.std(), stddev)
 
 
+@pytest.mark.backend_independent
 def test_gpt_initialization_matches_gpt2():
     model = built("shakespeare-char")
     layers, std = model.num_layers, model.initializer_range
@@ -72,6 +74,7 @@ def test_gpt_initialization_matches_gpt2():
         assert_normal(to_numpy(block.feed_forward.down.kernel).ravel(), residual_std, block.name)
 
 
+@pytest.mark.backend_independent
 def test_unscaled_residual_initialization():
     model = GPT.from_preset("shakespeare-char", scaled_residual_init=False, initializer_range=0.05,
                             tokenizer=None)
@@ -81,6 +84,7 @@ def test_unscaled_residual_initialization():
         assert_normal(to_numpy(block.feed_forward.down.kernel).ravel(), 0.05, block.name)
 
 
+@pytest.mark.backend_independent
 def test_encoder_initialization_is_berts_truncated_normal():
     encoder = built("bert-tiny")
     # N(0, 0.02) cut at two deviations has a deviation of 0.02 * sqrt(1 - 4 phi(2) / (2 Phi(2) - 1))
@@ -103,6 +107,7 @@ def test_seed_makes_builds_identical():
     assert any(not np.array_equal(a, b) for a, b in zip(first, other))
 
 
+@pytest.mark.backend_independent
 def test_lstm_gpt_takes_no_transformer_arguments():
     lstm = GPT.from_preset("shakespeare-char-lstm", tokenizer=None)
     assert "num_heads" not in lstm.get_config() and "activation" not in lstm.get_config()

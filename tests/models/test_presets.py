@@ -57,6 +57,7 @@ def test_a_saved_preset_loads_back_as_the_same_model(kind, tmp_path, seeded):
         assert_same_outputs(loaded(inputs), outputs)
 
 
+@pytest.mark.backend_independent
 def test_a_directory_that_holds_files_is_replaced_only_with_overwrite(tmp_path, seeded):
     first, ids, first_logits = built("gpt")
     second, _, second_logits = built("gpt")
@@ -74,6 +75,7 @@ def test_a_directory_that_holds_files_is_replaced_only_with_overwrite(tmp_path, 
     assert_same_outputs(GPT.from_preset(tmp_path / "empty")(ids), first_logits)
 
 
+@pytest.mark.backend_independent
 def test_a_save_that_fails_leaves_the_directory_as_it_was(tmp_path, seeded, monkeypatch):
     first, ids, first_logits = built("gpt")
     second, _, _ = built("gpt")
@@ -90,6 +92,7 @@ def test_a_save_that_fails_leaves_the_directory_as_it_was(tmp_path, seeded, monk
     assert_same_outputs(GPT.from_preset(tmp_path / "preset")(ids), first_logits)
 
 
+@pytest.mark.backend_independent
 def test_an_unbuilt_model_or_a_file_in_the_way_is_refused(tmp_path):
     with pytest.raises(ValueError, match="has no weights yet"):
         tiny_gpt().save_to_preset(tmp_path / "preset")
@@ -99,6 +102,7 @@ def test_an_unbuilt_model_or_a_file_in_the_way_is_refused(tmp_path):
         model.save_to_preset(tmp_path / "file", overwrite=True)
 
 
+@pytest.mark.backend_independent
 def test_preset_names_are_architectures_and_errors_point_to_the_weights():
     from tflm import hub
 
@@ -117,6 +121,7 @@ def test_preset_names_are_architectures_and_errors_point_to_the_weights():
         hub.load("missing.keras", pretrained=True)
 
 
+@pytest.mark.backend_independent
 def test_overrides_apply_to_a_loaded_model_when_the_weights_still_fit(tmp_path, seeded):
     model, ids, logits = built("gpt")
     model.save_to_preset(tmp_path / "preset")
@@ -129,6 +134,7 @@ def test_overrides_apply_to_a_loaded_model_when_the_weights_still_fit(tmp_path, 
         GPT.from_preset(tmp_path / "preset", widht=3)
 
 
+@pytest.mark.backend_independent
 def test_each_class_takes_what_fits_it(tmp_path, seeded):
     classifier, inputs, logits = built("classifier")
     classifier.save_to_preset(tmp_path / "classifier")
@@ -166,6 +172,7 @@ def test_each_class_takes_what_fits_it(tmp_path, seeded):
     lambda: Encoder.from_preset("bert-tiny"),
     lambda: Classifier.from_preset("bert-tiny", num_classes=2),
 ])
+@pytest.mark.backend_independent
 def test_a_preset_comes_built(load):
     model = load()
     assert model.built and len(model.weights) > 0

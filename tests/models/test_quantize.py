@@ -28,6 +28,7 @@ def sharp_gpt(**overrides):
     return model
 
 
+@pytest.mark.backend_independent
 def test_int8_quantizes_every_projection_and_the_embedding_without_warnings():
     model = sharp_gpt()
     x = random_ids((2, 12), 23)
@@ -78,6 +79,7 @@ def test_int8_cached_decoding_and_generate_use_the_quantized_weights():
     assert model.generate(prompts, 16, stop_tokens=[]) == fresh.generate(prompts, 16, stop_tokens=[])
 
 
+@pytest.mark.backend_independent
 def test_quantized_gpt_saves_and_loads_quantized(tmp_path):
     model = sharp_gpt()
     model.quantize("int8")
@@ -94,6 +96,7 @@ def test_quantized_gpt_saves_and_loads_quantized(tmp_path):
     np.testing.assert_array_equal(to_numpy(preset(x)), expected)
 
 
+@pytest.mark.backend_independent
 def test_encoder_quantizes_and_chunked_loss_needs_float_weights():
     encoder = tiny_encoder()
     inputs = {"token_ids": random_ids((2, 6), 23), "padding_mask": np.ones((2, 6), "int32")}

@@ -4,6 +4,7 @@ tests also run on the JAX backend (text in and out: tests/test_classifier_text.p
 
 import keras
 import numpy as np
+import pytest
 
 from tests.helpers import tiny_encoder, to_numpy
 from tflm.models import Classifier, MaskedLM
@@ -24,6 +25,7 @@ def cross_entropy(logits, labels):
     return -np.take_along_axis(log_probabilities, labels[..., None], axis=-1)[..., 0]
 
 
+@pytest.mark.backend_independent
 def test_compile_defaults_warm_up_to_a_fine_tuning_rate():
     model = Classifier(tiny_encoder(), 2)  # not built: compile builds it
     model.compile()
@@ -50,6 +52,7 @@ def test_compile_defaults_train_a_classifier(seeded):
     assert losses[-1] < losses[0] - 0.002 and losses[-1] < losses[20], losses
 
 
+@pytest.mark.backend_independent
 def test_masked_lm_compile_defaults_count_only_weighted_predictions(seeded):
     x, _ = separable(n=4)
     x["mask_positions"] = np.array([[1, 2, 3]] * 4, "int32")
@@ -71,6 +74,7 @@ def test_masked_lm_compile_defaults_count_only_weighted_predictions(seeded):
     assert losses[-1] < losses[0], losses
 
 
+@pytest.mark.backend_independent
 def test_explicit_compile_arguments_are_used_as_given():
     model = Classifier(tiny_encoder(), 2)
     optimizer = keras.optimizers.SGD(0.1)
