@@ -103,12 +103,12 @@ def run_tflm(train, held, args):
     from tflm.training.finetune import load_encoder
     from tflm.training.optimizers import WarmupLinear
 
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(args.seed)
     clock = TrainingClock()
     encoder = load_encoder(minilm_directory())
     options = dict(seq_len=66, batch_size=32, pad_to_multiple_of=16)
-    train_data = classification_dataset(train, encoder.tokenizer, seed=0, bucket_by_length=True,
-                                        **options)
+    train_data = classification_dataset(train, encoder.tokenizer, seed=args.seed,
+                                        bucket_by_length=True, **options)
     label_names = train_data.label_names  # the maps below return datasets without them
     held_data = classification_dataset(held, encoder.tokenizer, shuffle=False,
                                        label_names=label_names, **options)
@@ -178,7 +178,7 @@ def run_tflm(train, held, args):
         print(f"  tflm: the mean of the weights at the last {len(snapshots)} evaluations:")
         evaluate()
     trial = ", ".join(f"{name} {getattr(args, name)}" for name in (
-        "pooling", "layer_decay", "ema", "long_weight", "label_smoothing", "average")
+        "pooling", "layer_decay", "ema", "long_weight", "label_smoothing", "average", "seed")
         if getattr(args, name) and (name, getattr(args, name)) != ("pooling", "mean"))
     report(f"tflm ({args.tflm_schedule} schedule{', ' + trial if trial else ''})", curve,
            state["confusion"])
@@ -295,6 +295,8 @@ def main():
     parser.add_argument("--label-smoothing", type=float, help="tflm: label smoothing")
     parser.add_argument("--average", type=int, metavar="N",
                         help="tflm: evaluate the mean of the weights at the last N evaluations")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="tflm's training seed (head, dropout, order); the split keeps seed 0")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--limit", type=int, help="train on this many phrases (quick checks)")
     args = parser.parse_args()
