@@ -26,8 +26,9 @@ SHAKESPEARE_CHAR_TOKENIZER = {
 GPT_PRESETS = {
     # Character-level Shakespeare, sized to train on 2 CPU cores in minutes: trained by
     # `tflm train` (configs/shakespeare-char.yaml: 128-character blocks, batch 32, AdamW
-    # 3e-3 -> 3e-4 fitted to the time budget), it reaches a validation loss of 1.51-1.52
-    # nats/char within 10 minutes of the command's start (benchmarks/RESULTS.md).
+    # 3e-3 -> 3e-4 fitted to the time budget), it reaches a validation loss of about
+    # 1.50-1.52 nats/char within 10 minutes of the command's start, as the README says
+    # (each run's figure: benchmarks/RESULTS.md, "The 10-minute race").
     # Rotary positions carry no weights, so the context (256) may exceed the training blocks.
     "shakespeare-char": dict(
         vocab_size=65,
