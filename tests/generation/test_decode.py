@@ -77,22 +77,51 @@ def test_beam_search_with_one_beam_is_greedy(make_gpt):
     assert model.generate(prompts, 10, sampler=Beam(1)) == model.generate(prompts, 10)
 
 
+def sequence_log_probs(model, prompt, vocab_size, length):
+    """continuation (of at most `length` tokens) -> its log-probability after `prompt`, in
+    float64, from one forward pass over every continuation of `length` tokens."""
+    continuations = list(itertools.product(range(vocab_size), repeat=length))
+    ids = np.array([prompt + list(c) for c in continuations], "int32")
+    logits = ops.convert_to_numpy(model(ids)).astype("float64")
+    logits -= logits.max(-1, keepdims=True)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    table = {}
+    for row, continuation in enumerate(continuations):
+        for i, token in enumerate(continuation):  # causal: a prefix's sum is the same in every row
+            before = table[continuation[:i]] if i else 0.0
+            table[continuation[: i + 1]] = before + log_probs[row, len(prompt) - 1 + i, token]
+    return lambda continuation: table[tuple(continuation)]
+
+
 def test_wide_beam_finds_the_most_likely_sequence(make_gpt):
     model = make_gpt(vocab_size=5)
     prompt = [1, 2]
-
-    def log_prob(continuation):
-        ids = np.array([prompt + list(continuation)], "int32")
-        logits = ops.convert_to_numpy(model(ids))[0].astype("float64")
-        logits -= logits.max(-1, keepdims=True)
-        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-        return sum(log_probs[len(prompt) - 1 + i, t] for i, t in enumerate(continuation))
-
+    log_prob = sequence_log_probs(model, prompt, 5, 3)
     best = max(itertools.product(range(5), repeat=3), key=log_prob)
     # with 25 = 5^2 beams, beam search over 3 tokens is exhaustive
     assert model.generate(prompt, 3, sampler=Beam(25, length_penalty=0.0)) == list(best)
     greedy = model.generate(prompt, 3)
     assert log_prob(best) >= log_prob(greedy)
+
+
+def test_wide_beam_with_a_stop_token_finds_the_most_likely_ending(make_gpt):
+    """A hypothesis that reaches the stop token ends there, with its score (the stop's own
+    log-probability included, its length counting the stop) competing with the longer ones."""
+    model = make_gpt(vocab_size=5)
+    prompt = [1, 2]
+    log_prob = sequence_log_probs(model, prompt, 5, 3)
+    stopped_early = 0
+    for length_penalty in (0.0, 1.0):
+        for stop in range(5):
+            endings = {c[: c.index(stop) + 1] if stop in c else c
+                       for c in itertools.product(range(5), repeat=3)}
+            best = max(endings, key=lambda c: log_prob(c) / len(c) ** length_penalty)
+            stopped_early += stop in best
+            expected = list(best[:-1]) if stop in best else list(best)
+            found = model.generate(prompt, 3, sampler=Beam(25, length_penalty=length_penalty),
+                                   stop_tokens=[stop])
+            assert found == expected, (length_penalty, stop)
+    assert 0 < stopped_early < 10  # both cases: the best ended at a stop, and did not
 
 
 def test_compiles_once_per_length_bucket(make_gpt):
