@@ -17,7 +17,7 @@ sub-phrases too, so keeping them would inflate the figure).
   lr 1e-4, 6% warmup then linear decay over one epoch, dynamic padding, at most 66 tokens.
 - baseline: the frozen encoder's mean-pooled embeddings and a logistic-regression head.
 
-    python benchmarks/finetune_sst2.py [--minutes 30] [--only tflm|reference|baseline]
+    python benchmarks/finetune_sst2.py [--minutes 30] [--only tflm|reference|baseline] [TRIAL]
 """
 
 import argparse
@@ -112,6 +112,16 @@ def run_tflm(train, held, args):
     label_names = train_data.label_names  # the maps below return datasets without them
     held_data = classification_dataset(held, encoder.tokenizer, shuffle=False,
                                        label_names=label_names, **options)
+    steps = len(train[0]) // 32  # one epoch
+    if args.long_tail:  # the schedule's last part on phrases as long as the held-out sentences
+        long = [(t, y) for t, y in zip(*train) if len(t.split()) >= args.min_words]
+        long_data = classification_dataset(tuple(map(list, zip(*long))), encoder.tokenizer,
+                                           seed=args.seed, bucket_by_length=True,
+                                           label_names=train_data.label_names, **options)
+        head = int((1 - args.long_tail) * steps)
+        print(f"  tflm: steps {head:,} to {steps:,} on the {len(long):,} phrases of >= "
+              f"{args.min_words} words", flush=True)
+        train_data = train_data.repeat().take(head).concatenate(long_data.repeat())
     if args.long_weight:  # whole sentences are what is held out: short phrases count less
         def weighted(x, y):
             tokens = keras.ops.sum(keras.ops.cast(x["padding_mask"], "float32"), axis=1) - 2
@@ -123,7 +133,6 @@ def run_tflm(train, held, args):
     model = Classifier(encoder, 2, pooling=args.pooling, dropout=0.1,
                        label_names=label_names)
     model.build({"token_ids": (None, None), "padding_mask": (None, None)})
-    steps = len(train[0]) // 32  # one epoch
     warmup = int(0.06 * steps)
     if args.tflm_schedule == "epoch":  # `tflm finetune`'s recipe: the reference's schedule
         schedule, callbacks = WarmupLinear(args.lr, steps, warmup), []
@@ -178,7 +187,8 @@ def run_tflm(train, held, args):
         print(f"  tflm: the mean of the weights at the last {len(snapshots)} evaluations:")
         evaluate()
     trial = ", ".join(f"{name} {getattr(args, name)}" for name in (
-        "pooling", "layer_decay", "ema", "long_weight", "label_smoothing", "average", "seed")
+        "pooling", "layer_decay", "ema", "long_weight", "long_tail", "label_smoothing", "average",
+        "seed")
         if getattr(args, name) and (name, getattr(args, name)) != ("pooling", "mean"))
     report(f"tflm ({args.tflm_schedule} schedule{', ' + trial if trial else ''})", curve,
            state["confusion"])
@@ -292,6 +302,9 @@ def main():
                         help="tflm: evaluate an exponential moving average of the weights at the end")
     parser.add_argument("--long-weight", action="store_true",
                         help="tflm: weight each phrase by its length, min(1, tokens / 12), at least 0.1")
+    parser.add_argument("--long-tail", type=float, metavar="FRACTION",
+                        help="tflm: train the schedule's last FRACTION on phrases of at least "
+                             "--min-words words only")
     parser.add_argument("--label-smoothing", type=float, help="tflm: label smoothing")
     parser.add_argument("--average", type=int, metavar="N",
                         help="tflm: evaluate the mean of the weights at the last N evaluations")
