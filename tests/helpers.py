@@ -88,6 +88,17 @@ def graph_op_types(function, spec):
     return types
 
 
+def log_softmax(logits):
+    """numpy log-softmax over the last axis, in the precision of `logits`."""
+    logits = logits - logits.max(-1, keepdims=True)
+    return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+
+
+def cross_entropy(logits, labels):
+    """Per-position cross-entropy of integer `labels` under `logits` (..., C), numpy."""
+    return -np.take_along_axis(log_softmax(logits), labels[..., None], axis=-1)[..., 0]
+
+
 def random_ids(shape, vocab_size, seed=0):
     """Token ids drawn uniformly from `range(vocab_size)`, int32."""
     return np.random.default_rng(seed).integers(0, vocab_size, size=shape).astype("int32")

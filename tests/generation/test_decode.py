@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+from tests.helpers import log_softmax
 from tflm.generation import Beam, Greedy, Random, TopK, TopP
 from tflm.generation.decode import compiled_loops, make_decode_loop
 
@@ -82,9 +83,7 @@ def sequence_log_probs(model, prompt, vocab_size, length):
     float64, from one forward pass over every continuation of `length` tokens."""
     continuations = list(itertools.product(range(vocab_size), repeat=length))
     ids = np.array([prompt + list(c) for c in continuations], "int32")
-    logits = ops.convert_to_numpy(model(ids)).astype("float64")
-    logits -= logits.max(-1, keepdims=True)
-    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    log_probs = log_softmax(ops.convert_to_numpy(model(ids)).astype("float64"))
     table = {}
     for row, continuation in enumerate(continuations):
         for i, token in enumerate(continuation):  # causal: a prefix's sum is the same in every row

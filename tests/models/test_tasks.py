@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from tests.helpers import tiny_encoder, to_numpy
+from tests.helpers import cross_entropy, tiny_encoder, to_numpy
 from tflm.models import Classifier, MaskedLM
 
 
@@ -16,13 +16,6 @@ def separable(n=16, length=8, seed=0):
     labels = np.arange(n) % 2
     ids[:, 0] = np.where(labels == 1, 1, 2)
     return {"token_ids": ids, "padding_mask": np.ones_like(ids, bool)}, labels
-
-
-def cross_entropy(logits, labels):
-    """Per-example cross-entropy of integer `labels` under `logits` (..., C), numpy."""
-    logits = logits - logits.max(-1, keepdims=True)
-    log_probabilities = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    return -np.take_along_axis(log_probabilities, labels[..., None], axis=-1)[..., 0]
 
 
 @pytest.mark.backend_independent
